@@ -1,0 +1,1 @@
+"""hpatk.cli: the click application ``hpatk``."""

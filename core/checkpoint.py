@@ -1,0 +1,66 @@
+"""Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with
+``torch.load(weights_only=True)`` (a pickle with code in it is refused, never run).
+
+Every checkpoint has ``kind`` ("classifier" or "generator") and ``format`` (int).
+A classifier checkpoint::
+
+    {"kind": "classifier", "format": 1, "hpatk_version": str,
+     "model": {"backbone": str, "num_classes": int, "in_chans": int, "kwargs": dict},
+     "state_dict": {...}, "classes": [int class indices], "class_names": [str],
+     "stains": [str], "size": int, "enhance": {"name": str, **params},
+     "normalize": {"mean": [float], "std": [float]}, "thresholds": [float] | None,
+     "epoch": int, "metrics": {str: float}, ... training state for resume}
+
+A generator checkpoint::
+
+    {"kind": "generator", "format": 1, "hpatk_version": str,
+     "model": {"latent_dim": int, "channels": int, "image_size": int, "width": int},
+     "state_dict": {...}, "class_index": int, "stains": [str], "enhance": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hpatk.core.errors import HpatkError
+from hpatk.core.io import atomic_path
+
+CHECKPOINT_KINDS = ("classifier", "generator")
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``obj`` with ``torch.save`` atomically (temp file + rename)."""
+    import torch
+
+    if obj.get("kind") not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; a clear one-line error for anything else."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise HpatkError(f"checkpoint '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HpatkError(f"checkpoint '{path}' refused: it is not a plain-data checkpoint "
+                         f"(weights_only load failed: {first})") from exc
+    except Exception as exc:
+        raise HpatkError(f"checkpoint '{path}' cannot be read: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(obj, dict) or obj.get("kind") not in CHECKPOINT_KINDS:
+        raise HpatkError(f"checkpoint '{path}' is not an hpatk checkpoint (no 'kind' of "
+                         f"{', '.join(CHECKPOINT_KINDS)})")
+    return obj

@@ -1,0 +1,1 @@
+"""hpatk.export: ONNX export of trained models and ONNX Runtime inference."""

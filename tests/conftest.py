@@ -1,0 +1,105 @@
+"""Shared fixtures. Options follow kornia: ``--device`` / ``--dtype`` with env fallbacks
+(HPATK_TEST_DEVICE, HPATK_TEST_DTYPE); CUDA tests skip without a GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=os.environ.get("HPATK_TEST_DEVICE", "cpu"),
+                     help="cpu, cuda or all")
+    parser.addoption("--dtype", default=os.environ.get("HPATK_TEST_DTYPE", "float32"),
+                     help="float32, float64 or all")
+
+
+def _devices(config: pytest.Config) -> list[str]:
+    value = config.getoption("--device")
+    return ["cpu", "cuda"] if value == "all" else [value]
+
+
+def _dtypes(config: pytest.Config) -> list[str]:
+    value = config.getoption("--dtype")
+    return ["float32", "float64"] if value == "all" else [value]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", _devices(metafunc.config), indirect=True)
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", _dtypes(metafunc.config), indirect=True)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest):
+    import torch
+
+    name = request.param
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return torch.device(name)
+
+
+@pytest.fixture
+def dtype(request: pytest.FixtureRequest):
+    import torch
+
+    return getattr(torch, request.param)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two xdist workers on two cores: one torch thread each avoids oversubscription.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:  # pragma: no cover
+            pass
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in the Kaggle layout (96 images, 64 px, seed 0)."""
+    from hpatk.core.synth import make_synthetic
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    make_synthetic(out, n=96, size=64, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_cache(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset cached with CLAHE at 64 px."""
+    from hpatk.core.cache import build_cache
+
+    out = tmp_path_factory.mktemp("cache") / "cache.h5"
+    return build_cache(synth_data, out, enhance="clahe", size=64, workers=1)
+
+
+@pytest.fixture
+def throwaway_plugin():
+    """Register a plugin object for one test; unregister it in ``finally``.
+
+    Usage: ``throwaway_plugin(obj, name)`` returns the registry.
+    """
+    from hpatk.core import get_registry
+
+    reg = get_registry()
+    names: list[str] = []
+
+    def register(obj: object, name: str):
+        reg.pm.register(obj, name=name)
+        names.append(name)
+        return reg
+
+    try:
+        yield register
+    finally:
+        for name in names:
+            reg.pm.unregister(name=name)

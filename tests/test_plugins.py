@@ -1,0 +1,286 @@
+"""The plugin core: hooks, registry, entry points, broken and duplicate plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hpatk.cli.main import cli
+from hpatk.core import Enhancer, RegistryError, get_registry, hookimpl
+
+HPATK = [sys.executable, "-m", "hpatk.cli.main"]
+
+
+def run_hpatk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*HPATK, *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=300)
+
+
+class Doubler(Enhancer):
+    name = "doubler"
+
+    def forward(self, x):
+        return (x * 2).clamp(0, 1)
+
+
+class ThrowAway:
+    @hookimpl
+    def hpatk_register_enhancers(self, register):
+        register("doubler", Doubler, aliases=("x2",), description="test enhancer")
+
+    @hookimpl
+    def hpatk_register_augmentations(self, register):
+        register("noop_aug", lambda **kw: (lambda x: x), description="identity augmentation")
+
+    @hookimpl
+    def hpatk_register_backbones(self, register):
+        def tiny(num_classes, in_chans=4, pretrained=None, **kw):
+            import torch.nn as nn
+
+            return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(4, num_classes))
+
+        register("tiny_cnn", tiny)
+
+    @hookimpl
+    def hpatk_register_losses(self, register):
+        import torch.nn as nn
+
+        register("l1_test", lambda **kw: nn.L1Loss(**kw))
+
+
+def test_hook_hpatk_register_enhancers(throwaway_plugin):
+    import torch
+
+    reg = throwaway_plugin(ThrowAway(), "throwaway")
+    assert "doubler" in reg.enhancers.names()
+    enh = reg.enhancers.create("x2")  # by alias
+    x = torch.full((1, 4, 8, 8), 0.25)
+    assert torch.allclose(enh(x), torch.full_like(x, 0.5))
+    assert reg.enhancers.get("doubler").plugin == "throwaway"
+
+
+def test_throwaway_plugin_is_gone_after_unregister():
+    reg = get_registry()
+    plugin = ThrowAway()
+    reg.pm.register(plugin, name="gone")
+    try:
+        assert "doubler" in reg.enhancers
+    finally:
+        reg.pm.unregister(name="gone")
+    assert "doubler" not in reg.enhancers
+    assert "gone" not in [p.name for p in reg.plugins()]
+
+
+def test_hook_hpatk_register_augmentations(throwaway_plugin):
+    reg = throwaway_plugin(ThrowAway(), "throwaway")
+    aug = reg.augmentations.create("noop_aug")
+    assert aug(41) == 41
+    assert {"classic", "dcgan", "noop_aug"} <= set(reg.augmentations.names())
+
+
+def test_hook_hpatk_register_backbones(throwaway_plugin):
+    import torch
+
+    reg = throwaway_plugin(ThrowAway(), "throwaway")
+    net = reg.backbones.create("tiny_cnn", num_classes=5, in_chans=3)
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+
+
+def test_hook_hpatk_register_losses(throwaway_plugin):
+    import torch
+
+    reg = throwaway_plugin(ThrowAway(), "throwaway")
+    loss = reg.losses.create("l1_test")
+    assert loss(torch.ones(2, 3), torch.zeros(2, 3)).item() == pytest.approx(1.0)
+
+
+def test_hook_hpatk_register_commands(throwaway_plugin):
+    import click
+
+    class WithCommand:
+        @hookimpl
+        def hpatk_register_commands(self, cli):
+            @cli.command(name="hello-test")
+            @click.argument("who")
+            def hello(who):
+                """Say hello."""
+                click.echo(f"hello {who}")
+
+    reg = throwaway_plugin(WithCommand(), "with-command")
+    group = type(cli)(name="hpatk-test")
+    reg.add_commands(group)
+    result = CliRunner().invoke(group, ["hello-test", "plugin"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "hello plugin\n"
+
+
+def test_third_party_package_via_entry_points():
+    """tests/plugin_pkg is pip-installed (make test / CI): the path a real user takes."""
+    reg = get_registry()
+    infos = {p.name: p for p in reg.plugins()}
+    assert infos["hpatk-gamma.gamma"].dist == "hpatk-gamma"
+    assert infos["hpatk-gamma.gamma"].status == "ok"
+    assert set(infos["hpatk-gamma.gamma"].hooks) == {"hpatk_register_enhancers",
+                                                     "hpatk_register_commands"}
+    assert reg.enhancers.get("pow").name == "gamma"
+    out = run_hpatk("gamma-table", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "0.5 -> 0.707" in out.stdout
+    assert "gamma-table" in run_hpatk("--help").stdout
+
+
+def test_builtins_load_through_entry_points():
+    infos = {p.name: p for p in get_registry().plugins()}
+    for name in ("enhance", "augment_classic", "augment_gan", "backbones", "losses"):
+        assert infos[name].dist == "hpatk"
+        assert infos[name].source == "entry-point"
+        assert infos[name].status == "ok"
+
+
+def test_disable_autoload_keeps_builtins_only():
+    out = run_hpatk("plugins", "--format", "json", env={"HPATK_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert out.returncode == 0, out.stderr
+    names = {p["name"] for p in json.loads(out.stdout)}
+    assert "hpatk-gamma.gamma" not in names
+    assert {"enhance", "backbones", "losses"} <= names
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(RegistryError, match=r"unknown backbone 'resnet5'; did you mean .*'resnet50'"):
+        get_registry().backbones.create("resnet5", num_classes=2)
+
+
+def test_registry_unknown_kind():
+    with pytest.raises(RegistryError, match="unknown kind 'widgets'"):
+        get_registry().catalog("widgets")
+
+
+def test_duplicate_name_names_both_plugins(throwaway_plugin):
+    class Clash:
+        @hookimpl
+        def hpatk_register_enhancers(self, register):
+            register("clahe", Doubler)
+
+    reg = throwaway_plugin(Clash(), "clash-plugin")
+    with pytest.raises(RegistryError) as err:
+        reg.enhancers.names()
+    assert "'clahe'" in str(err.value)
+    assert "'enhance'" in str(err.value) and "'clash-plugin'" in str(err.value)
+
+
+def test_duplicate_alias_is_an_error(throwaway_plugin):
+    class AliasClash:
+        @hookimpl
+        def hpatk_register_losses(self, register):
+            register("my_focal", lambda **kw: None, aliases=("focal",))
+
+    reg = throwaway_plugin(AliasClash(), "alias-clash")
+    with pytest.raises(RegistryError, match="'focal' is registered twice"):
+        reg.losses.names()
+
+
+def _plugins_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    folder = tmp_path / "plugs"
+    folder.mkdir()
+    for name, body in files.items():
+        (folder / name).write_text(textwrap.dedent(body))
+    return folder
+
+
+GOOD = """
+    from hpatk.core import Enhancer, hookimpl
+
+    class Half(Enhancer):
+        name = "half"
+        def forward(self, x):
+            return x * 0.5
+
+    @hookimpl
+    def hpatk_register_enhancers(register):
+        register("half", Half, description="halves intensities")
+"""
+
+
+def test_plugins_dir_and_broken_plugin_reported(tmp_path):
+    folder = _plugins_dir(tmp_path, {
+        "good.py": GOOD,
+        "broken.py": "import this_module_does_not_exist_hpatk\n",
+    })
+    out = run_hpatk("--plugins-dir", str(folder), "plugins", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    infos = {p["name"]: p for p in json.loads(out.stdout)}
+    assert infos["plugins-dir:broken"]["status"] == "broken"
+    assert "this_module_does_not_exist_hpatk" in infos["plugins-dir:broken"]["error"]
+    assert infos["plugins-dir:good"]["status"] == "ok"
+    assert infos["enhance"]["status"] == "ok"  # the rest still load
+    table = run_hpatk("--plugins-dir", str(folder), "plugins")
+    assert "broken plugin 'plugins-dir:broken'" in table.stderr
+    listing = run_hpatk("registry", "enhancers", env={"HPATK_PLUGINS_DIR": str(folder)})
+    assert "half" in listing.stdout and "clahe" in listing.stdout
+
+
+def test_broken_entry_point_plugin_reported(tmp_path):
+    """A distribution whose plugin module fails to import, found through entry points."""
+    site = tmp_path / "site"
+    dist = site / "hpatk_broken-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hpatk-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[hpatk]\nbroken = hpatk_broken_mod\n")
+    (site / "hpatk_broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    env = {"PYTHONPATH": str(site)}
+    out = run_hpatk("plugins", "--format", "json", env=env)
+    assert out.returncode == 0, out.stderr
+    infos = {p["name"]: p for p in json.loads(out.stdout)}
+    assert infos["hpatk-broken.broken"]["status"] == "broken"
+    assert "boom at import" in infos["hpatk-broken.broken"]["error"]
+    assert infos["hpatk-broken.broken"]["version"] == "1.0"
+    assert "clahe" in run_hpatk("registry", "enhancers", env=env).stdout
+
+
+def test_hook_raising_marks_plugin_broken(throwaway_plugin):
+    class Raises:
+        @hookimpl
+        def hpatk_register_losses(self, register):
+            raise ValueError("bad registration")
+
+    reg = throwaway_plugin(Raises(), "raises")
+    assert "focal" in reg.losses.names()
+    info = {p.name: p for p in reg.plugins()}["raises"]
+    assert info.status == "broken" and "bad registration" in info.error
+
+
+def test_misspelled_hook_is_an_error(tmp_path):
+    folder = _plugins_dir(tmp_path, {"typo.py": """
+        from hpatk.core import hookimpl
+
+        @hookimpl
+        def hpatk_register_enhancer(register):
+            pass
+    """})
+    out = run_hpatk("--plugins-dir", str(folder), "registry", "enhancers")
+    assert out.returncode == 1
+    assert "hpatk_register_enhancer" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pattern_entry_passes_variant():
+    import torch
+
+    net = get_registry().backbones.create("timm:resnet18", num_classes=3, in_chans=4).eval()
+    assert net(torch.zeros(1, 4, 64, 64)).shape == (1, 3)
+    with pytest.raises(RegistryError, match="timm has no model 'no_such_net'"):
+        get_registry().backbones.create("timm:no_such_net", num_classes=3)
+
+
+def test_trace_plugins_env(tmp_path):
+    out = run_hpatk("registry", "losses", env={"HPATK_TRACE_PLUGINS": "1"})
+    assert out.returncode == 0
+    assert "hpatk_register_losses" in out.stderr

@@ -1,0 +1,51 @@
+"""Every registered enhancer, loss, backbone and classic augmentation runs on a tiny
+tensor — parametrized over the live registry, third-party plugins included (timm style)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hpatk.core import Enhancer, get_registry
+
+REG = get_registry()
+# Heavy paper backbones get their own (slower) tests in the training suite.
+SMALL_BACKBONE_SIZE = {"inceptionv3": 75, "inceptionv4": 75}
+
+
+@pytest.mark.parametrize("name", REG.enhancers.names())
+def test_enhancer_smoke(name):
+    enh = REG.enhancers.create(name)
+    assert isinstance(enh, Enhancer)
+    x = torch.rand(2, 4, 32, 32)
+    y = enh(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert isinstance(enh.config(), dict) and enh.config()["name"]
+
+
+@pytest.mark.parametrize("name", REG.losses.names())
+def test_loss_smoke(name):
+    loss_fn = REG.losses.create(name)
+    logits = torch.randn(4, 28, requires_grad=True)
+    targets = (torch.rand(4, 28) > 0.8).float()
+    loss = loss_fn(logits, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", [n for n in REG.backbones.names() if not n.endswith(":*")])
+def test_backbone_smoke(name):
+    torch.manual_seed(0)
+    net = REG.backbones.create(name, num_classes=3, in_chans=4).eval()
+    size = SMALL_BACKBONE_SIZE.get(name, 64)
+    with torch.no_grad():
+        out = net(torch.rand(1, 4, size, size))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
+def test_classic_augmentation_smoke():
+    aug = REG.augmentations.create("classic")
+    x = torch.rand(3, 4, 32, 32)
+    y = aug(x)
+    assert y.shape == x.shape

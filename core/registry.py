@@ -152,6 +152,25 @@ class Catalog:
         return entry.factory(**params)
 
 
+class _Stage:
+    """The ``register`` callback handed to one plugin's hook; entries are committed to
+    the catalogue only if the whole hook call succeeds."""
+
+    def __init__(self, kind: str, plugin: str) -> None:
+        self.kind, self.plugin = kind, plugin
+        self.entries: list[Entry] = []
+
+    def register(self, name: str, factory: Callable[..., Any], *,
+                 aliases: tuple[str, ...] | list[str] = (), description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"plugin '{self.plugin}' registered an empty name")
+        if not callable(factory):
+            raise RegistryError(
+                f"plugin '{self.plugin}' registered '{name}' with a non-callable factory")
+        self.entries.append(Entry(name, factory, self.kind, self.plugin, tuple(aliases),
+                                  description))
+
+
 class Registry:
     """Plugin manager plus the four catalogues; get one with :func:`get_registry`."""
 
@@ -197,31 +216,18 @@ class Registry:
             caller = getattr(self.pm.hook, f"hpatk_register_{kind}")
             # pluggy calls the last registered first; register in load order instead.
             for impl in reversed(caller.get_hookimpls()):
-                staged: list[Entry] = []
-
-                def register(name: str, factory: Callable[..., Any], *,
-                             aliases: tuple[str, ...] | list[str] = (),
-                             description: str = "",
-                             _plugin: str = impl.plugin_name, _staged: list = staged) -> None:
-                    if not isinstance(name, str) or not name:
-                        raise RegistryError(f"plugin '{_plugin}' registered an empty name")
-                    if not callable(factory):
-                        raise RegistryError(
-                            f"plugin '{_plugin}' registered '{name}' with a non-callable factory")
-                    _staged.append(Entry(name, factory, kind, _plugin, tuple(aliases),
-                                         description))
-
                 if self.trace:
                     print(f"hpatk: calling hpatk_register_{kind} of plugin "
                           f"'{impl.plugin_name}'", file=sys.stderr)
+                stage = _Stage(kind, impl.plugin_name)
                 try:
-                    impl.function(register=register)
+                    impl.function(register=stage.register)
                 except RegistryError:
                     raise
                 except Exception as exc:  # a broken plugin must not stop the others
                     self._mark_broken(impl.plugin_name, exc)
                     continue
-                for entry in staged:
+                for entry in stage.entries:
                     catalogs[kind]._add(entry)
         return catalogs
 

@@ -53,9 +53,10 @@ def test_plugin_modules_and_cli_import_without_torch():
         "assert r.exit_code == 0, r.output\n"
         "from hpatk.core import get_registry\n"
         "reg = get_registry()\n"
-        "names = [reg.catalog(k).names() for k in ('enhancers','augmentations','backbones','losses')]\n"
-        "heavy = sorted(m for m in ('torch', 'timm', 'kornia', 'cv2', 'onnx', 'onnxruntime', 'h5py')"
-        " if m in sys.modules)\n"
+        "kinds = ('enhancers', 'augmentations', 'backbones', 'losses')\n"
+        "names = [reg.catalog(k).names() for k in kinds]\n"
+        "heavy = ('torch', 'timm', 'kornia', 'cv2', 'onnx', 'onnxruntime', 'h5py')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print(heavy)\n"
     )
     out = _py(code)

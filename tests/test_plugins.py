@@ -154,7 +154,8 @@ def test_disable_autoload_keeps_builtins_only():
 
 
 def test_unknown_name_lists_close_matches():
-    with pytest.raises(RegistryError, match=r"unknown backbone 'resnet5'; did you mean .*'resnet50'"):
+    match = r"unknown backbone 'resnet5'; did you mean .*'resnet50'"
+    with pytest.raises(RegistryError, match=match):
         get_registry().backbones.create("resnet5", num_classes=2)
 
 

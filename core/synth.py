@@ -241,7 +241,7 @@ def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     """
     import cv2
     from hpatk.core.classes import CLASS_NAMES
-    from hpatk.core.io import atomic_path
+    from hpatk.core.io import atomic_open
 
     data_dir = Path(data_dir)
     with open(data_dir / "train.csv", newline="") as f:
@@ -273,9 +273,11 @@ def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
                 for i in range(0, len(cells), cols)]
     sheet = np.vstack([np.vstack([r, np.full((6, r.shape[1], 3), 40, np.uint8)])
                        for r in rows_img])
+    ok, png = cv2.imencode(".png", sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:  # pragma: no cover - PNG encoding of uint8 BGR does not fail
+        raise HpatkError(f"cannot encode the preview {out}")
     out = Path(out)
-    with atomic_path(out, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-            raise HpatkError(f"cannot write {out}")
+    with atomic_open(out, "wb") as f:
+        f.write(png.tobytes())
     return out
 

@@ -394,6 +394,7 @@ def g_nucleoli(sc: Scene) -> np.ndarray:
 
 
 def g_fibrillar_center(sc: Scene) -> np.ndarray:
+    """A few small dots inside each nucleolus, over a faint nucleolar stain."""
     pts, amps = [], []
     for c in sc.cells:
         if c.mitotic:
@@ -403,10 +404,11 @@ def g_fibrillar_center(sc: Scene) -> np.ndarray:
             rho, th = r * 0.55 * np.sqrt(sc.rng.random(m)), sc.rng.uniform(0, 2 * np.pi, m)
             pts.append(np.column_stack([x + rho * np.cos(th), y + rho * np.sin(th)]))
             amps.append(sc.rng.uniform(0.8, 1.0, m) * c.expression)
+    faint = 0.25 * _nucleoli_layer(sc) * _expression(sc)
     if not pts:
-        return np.zeros((sc.size, sc.size), np.float32)
-    sigma = 0.02 * np.mean([c.body.r for c in sc.cells])
-    return spots(sc.size, np.concatenate(pts), np.concatenate(amps), sigma)
+        return faint
+    sigma = 0.025 * np.mean([c.body.r for c in sc.cells])
+    return spots(sc.size, np.concatenate(pts), np.concatenate(amps), sigma) + faint
 
 
 def g_speckles(sc: Scene) -> np.ndarray:

@@ -33,7 +33,8 @@ def check_grid_size(value: Any) -> tuple[int, int]:
     items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     try:
         gx, gy = (int(v) for v in items)
-        ok = all(float(v) == int(v) for v in items)
+        ok = not isinstance(items, (str, bytes)) and all(
+            not isinstance(v, bool) and float(v) == int(v) for v in items)
     except (TypeError, ValueError):
         ok = False
     if not ok or gx < 1 or gy < 1:

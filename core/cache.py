@@ -471,27 +471,41 @@ def _check_stains(stains: Sequence[str] | str) -> tuple[str, ...]:
     return stains
 
 
+def default_cache_path(data_dir: str | os.PathLike[str], *, enhance: str = "clahe",
+                       enhance_params: Mapping[str, Any] | None = None, size: int = 512,
+                       stains: Sequence[str] | str = STAINS,
+                       extra: Sequence[str | os.PathLike[str]] = (),
+                       cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`ensure_cache` keeps the cache of a dataset folder: beside it (or in
+    ``cache_dir``), named ``DIR.<enhance>-<size>px-<digest>.h5``; the digest covers the
+    enhancement config, size, stains and extra folders, so settings never share a file."""
+    from hpatk.core.preprocess import make_enhancer
+
+    enhancer = make_enhancer(enhance, enhance_params)
+    cfg = enhancer.config() if enhancer is not None else {"name": "none"}
+    key = {**_config(cfg, size, _check_stains(stains)),
+           "extra": sorted(str(Path(e).resolve()) for e in extra)}
+    tag = hashlib.sha256(_json(key).encode()).hexdigest()[:8]
+    data_dir = Path(data_dir).resolve()
+    folder = Path(cache_dir) if cache_dir is not None else data_dir.parent
+    return folder / f"{data_dir.name}.{cfg['name']}-{int(size)}px-{tag}.h5"
+
+
 def ensure_cache(data: str | os.PathLike[str], *, enhance: str = "clahe",
                  enhance_params: Mapping[str, Any] | None = None, size: int = 512,
                  stains: Sequence[str] = STAINS, cache_dir: str | os.PathLike[str] | None = None,
                  workers: int | None = None, quiet: bool = False) -> Path:
     """A cache for ``data``: an .h5 file is validated and returned as is (its
     :func:`read_cache_meta` says how it was built); a dataset folder gets its cache built
-    or reused beside it (``DIR.clahe-512px-<config digest>.h5``) or in ``cache_dir``.
+    or reused at :func:`default_cache_path` (the file ``hpatk cache build DIR`` writes).
 
     Raises:
         HpatkError: a missing path, or a file that is not a readable cache.
     """
     p = Path(data)
     if p.is_dir():
-        from hpatk.core.preprocess import make_enhancer
-
-        enhancer = make_enhancer(enhance, enhance_params)
-        cfg = enhancer.config() if enhancer is not None else {"name": "none"}
-        stains = _check_stains(stains)
-        tag = hashlib.sha256(_json(_config(cfg, size, stains)).encode()).hexdigest()[:8]
-        folder = Path(cache_dir) if cache_dir is not None else p.resolve().parent
-        out = folder / f"{p.resolve().name}.{cfg['name']}-{int(size)}px-{tag}.h5"
+        out = default_cache_path(p, enhance=enhance, enhance_params=enhance_params, size=size,
+                                 stains=stains, cache_dir=cache_dir)
         return build_cache(p, out, enhance=enhance, enhance_params=enhance_params, size=size,
                            stains=stains, workers=workers, quiet=quiet)
     if not p.exists():

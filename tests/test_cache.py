@@ -1,0 +1,354 @@
+"""Building the HDF5 cache: contents against an independent OpenCV reference, reuse and
+rebuild by fingerprint, a SIGKILLed build, ``preprocess``, and the ``hpatk cache`` CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hpatk.cli.main import cli
+from hpatk.core.cache import (
+    build_cache,
+    cache_ids,
+    cache_labels,
+    default_cache_path,
+    ensure_cache,
+    read_cache_meta,
+)
+from hpatk.core.classes import STAINS
+from hpatk.core.errors import HpatkError
+from hpatk.core.preprocess import make_enhancer, preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(data: Path) -> list[tuple[str, list[int]]]:
+    with open(data / "train.csv", newline="") as f:
+        return [(r["Id"], [int(t) for t in r["Target"].split()]) for r in csv.DictReader(f)]
+
+
+def _reference(data: Path, image_id: str, size: int, clip=2.0, grid=(8, 8),
+               stains=STAINS) -> np.ndarray:
+    """Independent pipeline: cv2.imread each stain, CLAHE per plane, INTER_AREA resize."""
+    out = []
+    for s in stains:
+        plane = cv2.imread(str(data / "train" / f"{image_id}_{s}.png"), cv2.IMREAD_UNCHANGED)
+        assert plane.dtype == np.uint8 and plane.ndim == 2
+        plane = cv2.createCLAHE(clip, grid).apply(plane)
+        if plane.shape != (size, size):
+            plane = cv2.resize(plane, (size, size), interpolation=cv2.INTER_AREA)
+        out.append(plane)
+    return np.stack(out)
+
+
+@pytest.fixture
+def data(synth_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic dataset, free to touch and edit."""
+    return Path(shutil.copytree(synth_data, tmp_path / "data"))
+
+
+# --------------------------------------------------------------------------- contents
+def test_cache_equals_independent_decode_clahe(synth_data, synth_cache):
+    rows = _rows(synth_data)
+    with h5py.File(synth_cache, "r") as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (len(rows), 4, 64, 64)
+        assert f["images"].chunks == (1, 4, 64, 64)
+        for i in (0, 1, len(rows) // 2, len(rows) - 1):
+            np.testing.assert_array_equal(f["images"][i], _reference(synth_data, rows[i][0], 64))
+    assert cache_ids(synth_cache) == [r[0] for r in rows]
+    labels = cache_labels(synth_cache)
+    assert labels.dtype == np.uint8 and labels.shape == (len(rows), 28)
+    for (_, target), row in zip(rows, labels, strict=True):
+        assert set(np.flatnonzero(row)) == set(target)
+
+
+def test_parallel_build_with_resize_equals_reference(synth_data, tmp_path):
+    """Two spawn workers, one writer, order preserved; enhancement before the resize."""
+    out = build_cache(synth_data, tmp_path / "c.h5", size=24, stains=("blue", "green"),
+                      enhance_params={"clip_limit": 3.0, "grid_size": (4, 4)}, workers=2,
+                      quiet=True)
+    rows = _rows(synth_data)
+    with h5py.File(out, "r") as f:
+        images = f["images"][()]
+        assert [s.decode() for s in f["source"][()]] == ["kaggle"] * len(rows)
+    assert images.shape == (len(rows), 2, 24, 24)
+    for i, (image_id, _) in enumerate(rows):
+        ref = _reference(synth_data, image_id, 24, 3.0, (4, 4), ("blue", "green"))
+        np.testing.assert_array_equal(images[i], ref, err_msg=image_id)
+    meta = read_cache_meta(out)
+    assert meta["enhance"] == {"name": "clahe", "clip_limit": 3.0, "grid_size": [4, 4]}
+    assert meta["stains"] == ["blue", "green"] and meta["size"] == 24
+    assert meta["compression"] == "none" and meta["hpatk_version"]
+
+
+def test_blosc_lz4_round_trip(synth_data, synth_cache, tmp_path):
+    out = build_cache(synth_data, tmp_path / "z.h5", size=64, workers=0, quiet=True,
+                      compression="blosc-lz4")
+    with h5py.File(out, "r") as f, h5py.File(synth_cache, "r") as g:
+        assert "32001" in f["images"]._filters  # the blosc filter id
+        np.testing.assert_array_equal(f["images"][()], g["images"][()])
+
+
+def test_enhance_none_is_plain_resize(synth_data, tmp_path):
+    out = build_cache(synth_data, tmp_path / "n.h5", enhance="none", size=32, workers=0,
+                      quiet=True)
+    image_id = _rows(synth_data)[3][0]
+    plane = cv2.imread(str(synth_data / "train" / f"{image_id}_red.png"), cv2.IMREAD_UNCHANGED)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["images"][3, 1], cv2.resize(plane, (32, 32), interpolation=cv2.INTER_AREA))
+
+
+# ------------------------------------------------------------------- reuse and rebuild
+def _build(data: Path, out: Path, capsys, **kw) -> str:
+    build_cache(data, out, workers=0, **{"size": 32, **kw})
+    return capsys.readouterr().err
+
+
+def test_reuse_and_rebuild_by_fingerprint(data, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    assert "no cache yet" in _build(data, out, capsys)
+    inode = out.stat().st_ino
+    assert "cache up to date" in _build(data, out, capsys)
+    assert out.stat().st_ino == inode  # reused: the very same file
+
+    png = data / "train" / f"{_rows(data)[5][0]}_yellow.png"
+    st = png.stat()
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touch
+    err = _build(data, out, capsys)
+    assert "inputs changed" in err and png.name in err
+    assert out.stat().st_ino != inode
+    assert "cache up to date" in _build(data, out, capsys)
+
+    err = _build(data, out, capsys, enhance_params={"clip_limit": 3.0})
+    assert "enhance" in err and "3.0" in err and "up to date" not in err
+    assert read_cache_meta(out)["enhance"]["clip_limit"] == 3.0
+    err = _build(data, out, capsys, enhance_params={"clip_limit": 3.0}, size=16)
+    assert "size 32 -> 16" in err and read_cache_meta(out)["shape"] == (96, 4, 16, 16)
+    err = _build(data, out, capsys, enhance_params={"clip_limit": 3.0}, size=16,
+                 stains=("green",))
+    assert "stains" in err and read_cache_meta(out)["shape"] == (96, 1, 16, 16)
+    inode = out.stat().st_ino
+    assert "--force" in _build(data, out, capsys, enhance_params={"clip_limit": 3.0}, size=16,
+                               stains=("green",), force=True)
+    assert out.stat().st_ino != inode
+
+
+def test_relabelled_row_rebuilds(data, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    _build(data, out, capsys)
+    text = (data / "train.csv").read_text().splitlines()
+    image_id = text[1].split(",")[0]
+    text[1] = f"{image_id},27"
+    (data / "train.csv").write_text("\n".join(text) + "\n")
+    assert "inputs changed" in _build(data, out, capsys)
+    assert list(np.flatnonzero(cache_labels(out)[0])) == [27]
+
+
+def test_unusable_existing_file_is_rebuilt(data, tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    out.write_bytes(b"not an hdf5 file at all")
+    assert "unusable" in _build(data, out, capsys)
+    assert read_cache_meta(out)["n"] == 96
+
+
+def test_ensure_cache_folder_then_file(data, tmp_path, capsys):
+    path = ensure_cache(data, size=32, workers=0, cache_dir=tmp_path / "caches")
+    assert path == default_cache_path(data, size=32, cache_dir=tmp_path / "caches")
+    assert path.name.startswith("data.clahe-32px-") and path.exists()
+    assert "no cache yet" in capsys.readouterr().err
+    assert ensure_cache(data, size=32, workers=0, cache_dir=tmp_path / "caches") == path
+    assert "cache up to date" in capsys.readouterr().err
+    assert ensure_cache(path) == path  # a file is validated and returned as is
+    other = default_cache_path(data, size=32, enhance_params={"clip_limit": 3},
+                               cache_dir=tmp_path / "caches")
+    assert other != path  # different settings never share a file
+    with pytest.raises(HpatkError, match="does not exist"):
+        ensure_cache(tmp_path / "nope.h5")
+
+
+def test_bad_options_are_one_line_errors(data, tmp_path):
+    with pytest.raises(HpatkError, match="stains"):
+        build_cache(data, tmp_path / "c.h5", stains=("green", "purple"), quiet=True)
+    with pytest.raises(HpatkError, match="does not accept"):
+        build_cache(data, tmp_path / "c.h5", enhance="he", enhance_params={"clip_limit": 2},
+                    quiet=True)
+    with pytest.raises(HpatkError, match="unknown enhancer"):
+        build_cache(data, tmp_path / "c.h5", enhance="clahee", quiet=True)
+    (data / "train" / f"{_rows(data)[2][0]}_blue.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(HpatkError) as exc:
+        build_cache(data, tmp_path / "c.h5", size=16, workers=0, quiet=True)
+    assert "_blue.png" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "c.h5").exists()
+    assert not list(tmp_path.glob(".c.h5.*.tmp"))
+
+
+# ---------------------------------------------------------------------- killed build
+SLOW_PLUGIN = '''
+import os
+import time
+import uuid
+from hpatk.core import Enhancer, hookimpl
+
+
+class Slow(Enhancer):
+    """Identity, slowly: gives the test time to kill a build in the middle."""
+
+    name = "slow"
+
+    def forward(self, x):
+        return x
+
+    def apply_uint8(self, image):
+        time.sleep(0.04)
+        open(os.path.join(os.environ["SLOW_MARKS"], uuid.uuid4().hex), "w").close()
+        return image
+
+
+@hookimpl
+def hpatk_register_enhancers(register):
+    register("slow", lambda **p: Slow(**p))
+'''
+
+
+def _group_alive(pgid: int) -> list[int]:
+    alive = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(d.name))
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc")
+def test_sigkill_mid_build_leaves_nothing_and_rerun_completes(synth_data, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow_enhancer.py").write_text(SLOW_PLUGIN)
+    out = tmp_path / "out" / "cache.h5"
+    script = textwrap.dedent(f"""
+        from hpatk.core.cache import build_cache
+        if __name__ == "__main__":
+            build_cache({str(synth_data)!r}, {str(out)!r}, enhance="slow", size=32, workers=2)
+    """)
+    marks = tmp_path / "marks"  # one file per image enhanced
+    marks.mkdir()
+    env = {**os.environ, "HPATK_PLUGINS_DIR": str(plugins), "SLOW_MARKS": str(marks)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(marks.iterdir())) < 30:  # mid-build: a third of the images done
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(marks.iterdir())) < 96
+    assert list(out.parent.glob(".cache.h5.*.tmp"))  # the partial file is not at `out`
+    assert not out.exists()
+    # the spawned workers notice their parent died and exit (no orphans left waiting)
+    deadline = time.monotonic() + 20
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid)
+
+    rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "removed a partial build" in rerun.stderr
+    assert not list(out.parent.glob(".cache.h5.*.tmp"))
+    meta = read_cache_meta(out)
+    assert meta["n"] == 96 and meta["enhance"] == {"name": "slow"}
+    image_id = _rows(synth_data)[-1][0]
+    plane = cv2.imread(str(synth_data / "train" / f"{image_id}_green.png"),
+                       cv2.IMREAD_UNCHANGED)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["images"][-1, 0], cv2.resize(plane, (32, 32), interpolation=cv2.INTER_AREA))
+
+
+# ------------------------------------------------------------------------- preprocess
+def test_preprocess_matches_opencv_and_checks_input():
+    rng = np.random.default_rng(0)
+    image = (rng.random((3, 80, 80)) ** 3 * 120).astype(np.uint8)  # dim, low contrast
+    clahe = make_enhancer("clahe", {"clip_limit": 2.0, "grid_size": (8, 8)})
+    got = preprocess(image, clahe, 40)
+    want = np.stack([cv2.resize(cv2.createCLAHE(2.0, (8, 8)).apply(c), (40, 40),
+                                interpolation=cv2.INTER_AREA) for c in image])
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.c_contiguous and got.dtype == np.uint8
+    np.testing.assert_array_equal(preprocess(image, None, None), image)
+    # a recorded config rebuilds the same enhancer
+    again = make_enhancer(json.loads(json.dumps(clahe.config())))
+    np.testing.assert_array_equal(preprocess(image, again, 40), got)
+    with pytest.raises(HpatkError, match="uint8"):
+        preprocess(image.astype(np.float32), clahe, 40)
+    with pytest.raises(HpatkError, match="uint8"):
+        preprocess(image[0], clahe, 40)
+
+
+# -------------------------------------------------------------------------------- CLI
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_build_and_info(data, tmp_path):
+    out = tmp_path / "c.h5"
+    r = invoke("cache", "build", data, "--out", out, "--size", 32, "--workers", 0,
+               "--clip-limit", 2.5, "--grid-size", 4)
+    assert r.exit_code == 0, r.output
+    assert "96 x 4 x 32 x 32 uint8" in r.output and "clip_limit=2.5" in r.output
+    assert read_cache_meta(out)["enhance"]["grid_size"] == [4, 4]
+    r = invoke("cache", "build", data, "--out", out, "--size", 32, "--workers", 0,
+               "-p", "clip_limit=2.5", "-p", "grid_size=4,4")
+    assert r.exit_code == 0 and "cache up to date" in r.output
+
+    r = invoke("cache", "info", out)
+    assert r.exit_code == 0, r.output
+    meta = read_cache_meta(out)
+    counts = cache_labels(out).sum(axis=0)
+    assert "96 x 4 x 32 x 32 uint8" in r.output and meta["fingerprint"] in r.output
+    assert "compression none" in r.output and "on disk" in r.output
+    assert re.search(rf"\b0 Nucleoplasm +{int(counts[0])} ", r.output)
+    assert re.search(rf"\b27 Rods & rings +{int(counts[27])} ", r.output)
+    assert "synthetic    0 batches" in r.output
+    r = invoke("cache", "info", out, "--json")
+    info = json.loads(r.output)
+    assert info["class_counts"] == counts.tolist() and info["shape"] == [96, 4, 32, 32]
+    assert info["size_on_disk"] == out.stat().st_size
+
+
+def test_cli_default_out_is_what_ensure_cache_reuses(data, tmp_path):
+    r = invoke("cache", "build", data, "--size", 16, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    path = default_cache_path(data, size=16)
+    assert str(path) in r.output and path.parent == data.parent
+    assert ensure_cache(data, size=16, quiet=True) == path
+
+
+def test_cli_errors(data, tmp_path):
+    r = invoke("cache", "build", data, "--enhance", "nope", "--out", tmp_path / "c.h5")
+    assert r.exit_code == 1 and r.output.startswith("Error: unknown enhancer 'nope'")
+    r = invoke("cache", "build", data, "-p", "clip_limit", "--out", tmp_path / "c.h5")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    r = invoke("cache", "info", tmp_path / "missing.h5")
+    assert r.exit_code == 1 and "no such cache file" in r.output

@@ -14,6 +14,7 @@ perinuclear crescent, microtubules radiate from the centrosome, ...).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,8 +31,10 @@ def _shape_dist(x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float, as
 
     The outline radius is ``r * (1 + sum_k amps[k] cos((k+2) theta + phases[k]))``.
     """
+    # Python floats keep float32 grids in float32 (numpy scalars would promote, NEP 50).
+    cx, cy, r, aspect = float(cx), float(cy), float(r), float(aspect)
     dx, dy = x - cx, y - cy
-    c, s = np.cos(phi), np.sin(phi)
+    c, s = float(np.cos(phi)), float(np.sin(phi))
     u = (c * dx + s * dy) / r
     v = (-s * dx + c * dy) / (r * aspect)
     rho = np.sqrt(u * u + v * v) + 1e-9
@@ -42,7 +45,7 @@ def _shape_dist(x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float, as
     c4, s4 = c3 * ct - s3 * st, s3 * ct + c3 * st
     rad = 1.0
     for a, p, ck, sk in zip(amps, phases, (c2, c3, c4), (s2, s3, s4), strict=True):
-        rad = rad + a * (ck * np.cos(p) - sk * np.sin(p))
+        rad = rad + (float(a * np.cos(p)) * ck - float(a * np.sin(p)) * sk)
     return rho / rad
 
 
@@ -141,13 +144,13 @@ def _make_cells(rng: Rng, mitotic_cell: bool) -> list[_Cell]:
 
 
 def _fields(cells: list[_Cell], size: int) -> dict[str, np.ndarray]:
-    """Distance fields at ``size`` px: computed at <= 192 px and resized (they are smooth).
+    """Distance fields at ``size`` px: computed at <= 128 px and resized (they are smooth).
 
     dmin: distance to the nearest cell (normalised, < 1 inside); d2: to the second
     nearest; dn: to the owner's nucleus; owner: index of the nearest cell; rpx: the
     owner's radius in pixels.
     """
-    g = min(size, 192)
+    g = min(size, 128)
     t = (np.arange(g, dtype=np.float32) + 0.5) / g
     x, y = np.meshgrid(t, t)
     d = np.stack([c.body.dist(x, y) for c in cells]).astype(np.float32)
@@ -171,7 +174,17 @@ def _fields(cells: list[_Cell], size: int) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- drawing
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    return cv2.GaussianBlur(img, (0, 0), max(sigma_px, 0.5), borderType=cv2.BORDER_CONSTANT)
+    """Gaussian blur; wide kernels run on a shrunken copy (the result is smooth anyway)."""
+    sigma_px = max(sigma_px, 0.5)
+    f = int(sigma_px // 3)
+    if f < 2 or img.shape[0] % f:
+        return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_CONSTANT)
+    n = img.shape[0]
+    small = cv2.resize(img, (n // f, n // f), interpolation=cv2.INTER_AREA) * np.float32(f * f)
+    # Area-shrinking acts as a box of width f (variance f^2/12): take it off the Gaussian.
+    sig = np.sqrt(max(sigma_px**2 - f * f / 12, 0.25)) / f
+    small = cv2.GaussianBlur(small, (0, 0), sig, borderType=cv2.BORDER_CONSTANT)
+    return cv2.resize(small, (n, n), interpolation=cv2.INTER_LINEAR) / np.float32(f * f)
 
 
 def spots(size: int, pts: np.ndarray, amps: np.ndarray, sigma: float) -> np.ndarray:
@@ -193,14 +206,14 @@ def spots(size: int, pts: np.ndarray, amps: np.ndarray, sigma: float) -> np.ndar
 
 def lines(size: int, polys: list[np.ndarray], amps: np.ndarray | list[float],
           width: float) -> np.ndarray:
-    """Polylines of normalised points, ``width`` in normalised units, lightly blurred."""
+    """Polylines of normalised points, ``width`` in normalised units."""
     out = np.zeros((size, size), np.float32)
     th = max(1, int(round(width * size)))
     for poly, a in zip(polys, amps, strict=True):
         if len(poly) >= 2:
             pts = np.round(poly * size * 16).astype(np.int32)  # shift=4: sub-pixel precision
             cv2.polylines(out, [pts], False, float(a), th, cv2.LINE_8, shift=4)
-    return _blur(out, 0.6)
+    return out  # smoothed by the optical blur applied to every stain in render()
 
 
 def rings(size: int, centers: np.ndarray, radii: np.ndarray, amps: np.ndarray,
@@ -211,7 +224,7 @@ def rings(size: int, centers: np.ndarray, radii: np.ndarray, amps: np.ndarray,
     for (x, y), r, a in zip(centers, radii, amps, strict=True):
         c = (int(round(x * size * 16)), int(round(y * size * 16)))
         cv2.circle(out, c, max(int(round(r * size * 16)), 16), float(a), th, cv2.LINE_8, shift=4)
-    return _blur(out, 0.6)
+    return out
 
 
 def smooth_noise(rng: Rng, cells_per_side: int, size: int) -> np.ndarray:
@@ -313,14 +326,20 @@ def microtubules(sc: Scene) -> list[tuple[int, np.ndarray]]:
 
 
 def spindle(sc: Scene, k: int) -> list[np.ndarray]:
-    """Bipolar fan of fibres between two poles (a mitotic spindle)."""
+    """Bipolar fan of fibres between two poles plus short astral rays (a mitotic spindle)."""
     c = sc.cells[k]
     ax = np.array([np.cos(c.spindle_axis), np.sin(c.spindle_axis)])
     ctr = np.array([c.body.cx, c.body.cy])
-    a, b = ctr - 0.45 * c.body.r * ax, ctr + 0.45 * c.body.r * ax
-    n = int(sc.rng.integers(10, 16))
-    w = np.linspace(-0.28, 0.28, n) * c.body.r
-    return list(_bent(np.broadcast_to(a, (n, 2)), np.broadcast_to(b, (n, 2)), w, np.zeros(n), 14))
+    a, b = ctr - 0.42 * c.body.r * ax, ctr + 0.42 * c.body.r * ax
+    n = int(sc.rng.integers(12, 20))
+    w = sc.rng.normal(0, 0.13, n) * c.body.r
+    fibres = list(_bent(np.broadcast_to(a, (n, 2)), np.broadcast_to(b, (n, 2)), w,
+                        sc.rng.uniform(-0.05, 0.05, n), 14))
+    m = int(sc.rng.integers(6, 12))
+    th = sc.rng.uniform(0, 2 * np.pi, m)
+    pole = np.where(np.cos(th - c.spindle_axis)[:, None] > 0, b, a)
+    ray = 0.2 * c.body.r * np.column_stack([np.cos(th), np.sin(th)])
+    return fibres + list(np.stack([pole, pole + ray], axis=1))
 
 
 # -------------------------------------------------------------- the 28 green patterns
@@ -424,8 +443,8 @@ def er_field(sc: Scene) -> np.ndarray:
     """Reticular network, dense around the nucleus (shared by yellow and class 6)."""
     if "er" not in sc.cache:
         f = sc.fields
-        ridges = np.exp(-((smooth_noise(sc.rng, 44, sc.size) / 0.45) ** 2))
-        near = np.clip(1.25 - f["dmin"], 0, 1) ** 0.7
+        ridges = np.exp(-((smooth_noise(sc.rng, 64, sc.size) / 0.4) ** 2))
+        near = np.clip(1.2 - f["dmin"], 0, 1)
         er = (0.75 * ridges + 0.25) * near * _cyto_mask(sc)
         er += 0.5 * _rim(f["dn"], f["rpx"] * 0.42, 1.5, 1.05) * _soft(f["dmin"] - 1, 0.03)
         sc.cache["er"] = er.astype(np.float32)
@@ -440,15 +459,15 @@ def g_golgi(sc: Scene) -> np.ndarray:
     pts, amps, polys = [], [], []
     for c in sc.cells:
         m = int(sc.rng.integers(6, 13))
-        th = c.golgi_angle + sc.rng.normal(0, 0.45, m)
-        p = c.nucleus.point(sc.rng.uniform(1.08, 1.45, m), th)
+        th = c.golgi_angle + sc.rng.normal(0, 0.3, m)
+        p = c.nucleus.point(sc.rng.uniform(1.08, 1.35, m), th)
         pts.append(p)
         amps.append(sc.rng.uniform(0.6, 1.0, m) * c.expression)
         order = np.argsort(th)
         polys.append(p[order])  # stacked cisternae: a ribbon through the blobs
     sigma = 0.045 * np.mean([c.body.r for c in sc.cells])
     blobs = spots(sc.size, np.concatenate(pts), np.concatenate(amps), sigma)
-    ribbon = lines(sc.size, polys, [0.5 * c.expression for c in sc.cells], sigma * 0.8)
+    ribbon = lines(sc.size, polys, [0.4 * c.expression for c in sc.cells], sigma * 0.6)
     return blobs + ribbon
 
 
@@ -496,18 +515,22 @@ def g_actin(sc: Scene) -> np.ndarray:
 
 
 def g_focal_adhesions(sc: Scene) -> np.ndarray:
-    polys, amps = [], []
+    """Elongated plaques at the cell edge, each at the end of a faint stress fibre."""
+    plaques, fibres, amps = [], [], []
     for k, c in enumerate(sc.cells):
-        m = int(sc.rng.integers(10, 20))
+        m = int(sc.rng.integers(8, 16))
         th = sc.rng.uniform(0, 2 * np.pi, m)
-        inner = c.body.point(np.full(m, 0.8), th)
-        outer = c.body.point(np.full(m, 0.93), th)
+        inner = c.body.point(np.full(m, 0.82), th)
+        outer = c.body.point(np.full(m, 0.95), th)
+        root = c.body.point(np.full(m, 0.35), th + sc.rng.normal(0, 0.2, m))
         own, _ = _owner_of(sc.cells, outer)
-        for a, b, ok in zip(inner, outer, own == k, strict=True):
+        for a, b, r, ok in zip(inner, outer, root, own == k, strict=True):
             if ok:
-                polys.append(np.stack([a, b]))
+                plaques.append(np.stack([a, b]))
+                fibres.append(np.stack([r, a]))
                 amps.append(sc.rng.uniform(0.8, 1.0) * c.expression)
-    return lines(sc.size, polys, amps, 0.006)
+    return (lines(sc.size, plaques, amps, 0.009)
+            + lines(sc.size, fibres, [0.2 * a for a in amps], 0.002))
 
 
 def g_microtubules(sc: Scene) -> np.ndarray:
@@ -517,12 +540,18 @@ def g_microtubules(sc: Scene) -> np.ndarray:
 
 
 def g_microtubule_ends(sc: Scene) -> np.ndarray:
-    ends, amps = [], []
+    """Small comets at growing plus ends, anywhere along the microtubules (EB1-like)."""
+    comets, amps = [], []
     for k, poly in microtubules(sc):
-        if len(poly) >= 3 and sc.rng.random() < 0.7:
-            ends.append(poly[-2:])  # a short comet at the plus end
-            amps.append(sc.cells[k].expression)
-    return lines(sc.size, ends, amps, 0.006)
+        if len(poly) < 4:
+            continue
+        for _ in range(int(sc.rng.integers(1, 3))):
+            i = int(sc.rng.integers(len(poly) // 3, len(poly) - 1))
+            head = poly[i] + 0.4 * (poly[i + 1] - poly[i])
+            comets.append(np.stack([poly[i], head]))
+            amps.append(sc.rng.uniform(0.6, 1.0) * sc.cells[k].expression)
+    comet_layer = lines(sc.size, comets, amps, 0.0035) * (1 - _nucleus_mask(sc))
+    return comet_layer + 0.08 * _cyto_mask(sc)
 
 
 def g_cytokinetic_bridge(sc: Scene) -> np.ndarray:
@@ -565,7 +594,7 @@ def g_centrosome(sc: Scene) -> np.ndarray:
         pts += [c.centrosome - d, c.centrosome + d]
         e += [c.expression] * 2
     r = np.mean([c.body.r for c in sc.cells])
-    return spots(sc.size, np.array(pts), np.array(e), 0.014 * r)
+    return spots(sc.size, np.array(pts), np.array(e), 0.018 * r)
 
 
 def g_lipid_droplets(sc: Scene) -> np.ndarray:
@@ -602,14 +631,14 @@ def g_mitochondria(sc: Scene) -> np.ndarray:
         bend = sc.rng.normal(0, 0.3, len(p)) * ln
         polys += list(_bent(p - d, p + d, bend, np.zeros(len(p)), 5))
         amps += list(sc.rng.uniform(0.6, 1.0, len(p)) * c.expression)
-    return lines(sc.size, polys, amps, 0.006)
+    return lines(sc.size, polys, amps, 0.0045)
 
 
 def g_aggresome(sc: Scene) -> np.ndarray:
     pts, e, sig = [], [], []
     for c in sc.cells:
         if sc.rng.random() < 0.75:
-            p = c.nucleus.point(np.array(1.35), np.array(c.golgi_angle + sc.rng.normal(0, 0.3)))
+            p = c.nucleus.point(np.array(1.25), np.array(c.golgi_angle + sc.rng.normal(0, 0.3)))
             pts += [p, p + sc.rng.normal(0, 0.04 * c.body.r, 2)]
             e += [c.expression, 0.6 * c.expression]
             sig.append(c.body.r)
@@ -669,7 +698,8 @@ def _blue(sc: Scene) -> np.ndarray:
             ctr = np.array([c.body.cx, c.body.cy])
             plates.append(_bent(ctr - d, ctr + d, 0.02 * c.body.r, 0.5, 8))
     if plates:
-        blue += lines(sc.size, plates, [1.2] * len(plates), 0.045 * sc.cells[0].body.r)
+        width = 0.16 * float(np.mean([c.body.r for c in sc.cells if c.mitotic]))
+        blue += _blur(lines(sc.size, plates, [1.1] * len(plates), width), 0.01 * sc.size)
     return blue
 
 
@@ -679,17 +709,39 @@ def _red(sc: Scene) -> np.ndarray:
     polys = [p for k, c in enumerate(sc.cells) if c.mitotic for p in spindle(sc, k)]
     if polys:
         red += lines(sc.size, polys, [1.0] * len(polys), 0.003)
-    return red + 0.25 * _cyto_mask(sc)
+    # Microtubules run over and under the nucleus, out of focus there: dimmer.
+    return red * (1 - 0.6 * _nucleus_mask(sc)) + 0.25 * _cyto_mask(sc)
+
+
+@functools.cache
+def _noise_table() -> np.ndarray:
+    """2^22 standard normal samples, drawn once per process from a fixed seed."""
+    return np.random.default_rng(20180901).standard_normal(1 << 22, dtype=np.float32)
+
+
+def _pixel_noise(rng: Rng, shape: tuple[int, int]) -> np.ndarray:
+    """Gaussian pixel noise: a window of the fixed table at a random offset and sign.
+
+    Drawing 4 x 512^2 fresh normals cost more than rendering the cells (~8 ms per
+    stain); a slice of a table is a copy. Deterministic: the offset comes from ``rng``.
+    """
+    n = shape[0] * shape[1]
+    table = _noise_table()
+    if n > len(table):
+        return rng.standard_normal(shape, dtype=np.float32)
+    off = int(rng.integers(0, len(table) - n + 1))
+    sign = np.float32(1.0 if rng.random() < 0.5 else -1.0)
+    return table[off:off + n].reshape(shape) * sign
 
 
 def _to_uint8(layer: np.ndarray, rng: Rng, peak: float, background: float,
               read_noise: float) -> np.ndarray:
     """Scale to a dim peak, add a background, shot and read noise; round to uint8."""
     top = max(float(layer.max()), 1e-6)
-    img = background + peak * np.clip(layer / top, 0, 1)
-    img = img + rng.standard_normal(img.shape, dtype=np.float32) * (
-        read_noise + 0.25 * np.sqrt(img))
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    img = float(background) + np.clip(layer, 0, None) * np.float32(peak / top)
+    noise = _pixel_noise(rng, img.shape)
+    img += noise * (float(read_noise) + 0.25 * np.sqrt(img))
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)  # +0.5 then truncate: rounding
 
 
 def render(labels: tuple[int, ...] | list[int], size: int,
@@ -721,7 +773,7 @@ def render(labels: tuple[int, ...] | list[int], size: int,
         layer = GREEN_PATTERNS[lab](sc)
         green += rng.uniform(0.6, 1.0) * layer / max(float(layer.max()), 1e-6)
     stains = [green, _red(sc), _blue(sc), er_field(sc)]
-    psf = max(0.5, 0.0012 * size)  # optical blur, a fixed fraction of the field of view
+    psf = max(0.7, 0.0015 * size)  # optical blur, a fixed fraction of the field of view
     peaks = [rng.uniform(45, 110), rng.uniform(50, 110), rng.uniform(80, 150),
              rng.uniform(45, 100)]
     backgrounds = rng.uniform(2, 10, 4)

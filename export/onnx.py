@@ -1,0 +1,540 @@
+"""ONNX export of hpatk checkpoints, dispatched on the checkpoint's ``kind``.
+
+An *exporter* turns a checkpoint dict into an :class:`ExportSpec`: the eval-mode module
+to trace, its input/output names, inputs for the parity check and the metadata to
+embed. :func:`export_checkpoint` does the rest for every kind: trace with the chosen
+torch exporter, embed metadata, ``onnx.checker`` (full check), parity against PyTorch
+with ONNX Runtime at batch 1, 2 and 7, and only then move the file into place. A new
+kind plugs in with ``@register_exporter("kind")``.
+
+Exporters: ``legacy`` (TorchScript, opset 17; the default: fast, single file, measured
+on every backbone here) and ``dynamo`` (torch.export, opset 18+; needs onnxscript).
+torch 2.14 defaults to dynamo, so the choice is always passed explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from hpatk.core.errors import HpatkError
+from hpatk.core.version import __version__
+from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+EXPORTERS = ("legacy", "dynamo")
+DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
+# torch.export specialises batch sizes 0 and 1, so trace at 2 to keep the axis dynamic.
+EXPORT_BATCH = 2
+PARITY_BATCHES = (1, 2, 7)
+RTOL, ATOL = 1e-3, 1e-5
+# protobuf cannot serialise 2 GiB; larger models keep their weights in OUT.data.
+SINGLE_FILE_LIMIT = 2**31 - 2**24
+
+
+@dataclass
+class ExportOptions:
+    """User choices an exporter may honour (or refuse with an HpatkError)."""
+
+    output: str = "probabilities"  # classifiers: "probabilities" (sigmoid in graph) or "logits"
+    size: int | None = None  # classifiers: input size (default: the training size)
+
+
+@dataclass
+class ExportSpec:
+    """What one checkpoint kind contributes to an export.
+
+    ``make_inputs(n, seed)`` returns float32 (n, *sample_shape) inputs for tracing and
+    parity; ``degenerate(outputs)`` returns why reference outputs cannot prove parity
+    (constant, saturated, NaN) or None.
+    """
+
+    module: torch.nn.Module
+    input_name: str
+    output_name: str
+    sample_shape: tuple[int, ...]
+    make_inputs: Callable[[int, int], np.ndarray]
+    metadata: dict[str, Any]
+    summary: str
+    degenerate: Callable[[np.ndarray], str | None] | None = None  # default: _varies
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    path: Path
+    files: list[Path]
+    kind: str
+    exporter: str
+    opset: int
+    metadata: dict[str, Any]
+    summary: str
+    parity: dict[int, dict[str, float]] | None  # batch -> {"max_abs", "max_rel"}
+    seconds: float
+
+    @property
+    def max_abs_error(self) -> float | None:
+        return max(p["max_abs"] for p in self.parity.values()) if self.parity else None
+
+
+Exporter = Callable[[dict[str, Any], ExportOptions], ExportSpec]
+_EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(kind: str) -> Callable[[Exporter], Exporter]:
+    """Decorator: ``fn(ckpt, options) -> ExportSpec`` exports checkpoints of ``kind``."""
+
+    def add(fn: Exporter) -> Exporter:
+        if kind in _EXPORTERS and _EXPORTERS[kind] is not fn:
+            raise ValueError(f"an exporter for checkpoint kind '{kind}' is already registered")
+        _EXPORTERS[kind] = fn
+        return fn
+
+    return add
+
+
+def exporter_kinds() -> list[str]:
+    """Checkpoint kinds that can be exported."""
+    return sorted(_EXPORTERS)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                      opset: int | None = None, exporter: str = "legacy",
+                      output: str = "probabilities", size: int | None = None,
+                      verify: bool = True) -> ExportResult:
+    """Export an hpatk checkpoint (classifier or generator) to ONNX at ``out``.
+
+    Args:
+        checkpoint: a ``.pt`` written by hpatk (its ``kind`` picks the exporter).
+        out: the ``.onnx`` to write; replaced only when every check passed.
+        opset: ONNX opset (default 17 for ``legacy``, 18 for ``dynamo``).
+        exporter: ``"legacy"`` (TorchScript) or ``"dynamo"`` (torch.export).
+        output: classifiers: ``"probabilities"`` (sigmoid in the graph) or ``"logits"``.
+        size: classifiers: the input size (default: the checkpoint's training size).
+        verify: run the PyTorch parity check (``onnx.checker`` always runs).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        HpatkError: unreadable or unsupported checkpoint, failed export, checker or
+            parity failure; nothing is left at ``out``.
+    """
+    from hpatk.core.checkpoint import load_checkpoint
+
+    start = time.monotonic()
+    checkpoint, out = Path(checkpoint), Path(out)
+    if exporter not in EXPORTERS:
+        raise HpatkError(f"exporter must be one of {', '.join(EXPORTERS)}, not '{exporter}'")
+    if output not in ("probabilities", "logits"):
+        raise HpatkError(f"output must be 'probabilities' or 'logits', not '{output}'")
+    if out.is_dir():
+        raise HpatkError(f"--out '{out}' is a folder; give a file name like model.onnx")
+    ckpt = load_checkpoint(checkpoint)
+    kind = ckpt["kind"]
+    if kind not in _EXPORTERS:
+        raise HpatkError(f"checkpoint '{checkpoint}': no exporter for kind '{kind}' "
+                         f"(known: {', '.join(exporter_kinds())})")
+    spec = _EXPORTERS[kind](ckpt, ExportOptions(output=output, size=size))
+    spec.module.eval()
+    if verify:  # first: fail fast, before a possibly slow trace
+        x, refs = reference_outputs(spec)
+    opset = DEFAULT_OPSET[exporter] if opset is None else int(opset)
+    proto = _trace(spec, exporter, opset)
+    opset = _default_opset(proto)
+    meta = {
+        "kind": kind, "format": METADATA_FORMAT, **spec.metadata,
+        "input_name": spec.input_name, "output_name": spec.output_name,
+        "hpatk_version": __version__, "source_checkpoint": checkpoint.name,
+        "source_sha256": file_sha256(checkpoint), "exporter": exporter, "opset": opset,
+    }
+    _set_metadata(proto, meta)
+    proto.doc_string = f"hpatk {kind}: {spec.summary}"
+    parity = None
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=_parent(out)) as tmp:
+        staged = _save(proto, Path(tmp) / out.name)
+        del proto  # large models: do not hold two copies while ORT loads one
+        _check(staged[0])
+        if verify:
+            parity = verify_parity(spec, staged[0], x, refs)
+        files = _move_into_place(staged, out.parent)
+    return ExportResult(path=out, files=files, kind=kind, exporter=exporter, opset=opset,
+                        metadata=meta, summary=spec.summary, parity=parity,
+                        seconds=time.monotonic() - start)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the generic steps ------------------------------------------------------------------
+
+
+def _parent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def _trace(spec: ExportSpec, exporter: str, opset: int) -> onnx.ModelProto:
+    """Trace ``spec.module`` at batch ``EXPORT_BATCH`` with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    x = torch.from_numpy(spec.make_inputs(EXPORT_BATCH, 0))
+    names = dict(input_names=[spec.input_name], output_names=[spec.output_name])
+    spec.module.eval()
+    try:
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            program = torch.onnx.export(spec.module, (x,), dynamo=True, opset_version=opset,
+                                        dynamic_shapes=({0: batch},), verbose=False,
+                                        optimize=True, external_data=False, **names)
+            return program.model_proto
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated upstream; it is chosen deliberately.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX.*")
+            torch.onnx.export(spec.module, (x,), buf, dynamo=False, opset_version=opset,
+                              dynamic_axes={spec.input_name: {0: "batch"},
+                                            spec.output_name: {0: "batch"}},
+                              do_constant_folding=True, **names)
+        return onnx.load_from_string(buf.getvalue())
+    except HpatkError:
+        raise
+    except Exception as exc:
+        hint = " (try --dynamo)" if exporter == "legacy" else " (try --legacy)"
+        raise HpatkError(f"the {exporter} exporter failed at opset {opset}: "
+                         f"{type(exc).__name__}: {_first_line(exc)}{hint}") from exc
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(encode_metadata(meta))
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> list[Path]:
+    """Write ``proto`` to ``path`` (plus ``path.data`` when over protobuf's 2 GiB)."""
+    import onnx
+
+    if proto.ByteSize() < SINGLE_FILE_LIMIT:
+        onnx.save_model(proto, path)
+        return [path]
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise HpatkError(f"onnx.checker rejected the exported model: {_first_line(exc)}") from exc
+
+
+def _move_into_place(staged: list[Path], folder: Path) -> list[Path]:
+    """Rename the staged files beside their final names; the .onnx goes last."""
+    placed = []
+    for src in reversed(staged):  # weights first: the .onnx must never point at nothing
+        dst = folder / src.name
+        os.replace(src, dst)
+        placed.append(dst)
+    return placed[::-1]
+
+
+def reference_outputs(spec: ExportSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """PyTorch outputs on the parity inputs at batch 1, 2 and 7 (each run separately).
+
+    Raises:
+        HpatkError: outputs that cannot prove parity (constant, saturated, NaN).
+    """
+    import torch
+
+    x = spec.make_inputs(max(PARITY_BATCHES), 1)
+    refs = {}
+    with torch.inference_mode():
+        for b in PARITY_BATCHES:
+            refs[b] = spec.module(torch.from_numpy(x[:b])).float().numpy()
+    reason = (spec.degenerate or _varies)(refs[max(PARITY_BATCHES)])
+    if reason:
+        raise HpatkError(f"parity check impossible: on varied inputs the model's {reason} "
+                         f"(untrained? export with --no-verify to skip the check)")
+    return x, refs
+
+
+def verify_parity(spec: ExportSpec, path: Path, x: np.ndarray,
+                  refs: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
+    """Compare ONNX Runtime (CPU) on ``path`` with the PyTorch outputs ``refs``.
+
+    Returns:
+        ``{batch: {"max_abs": float, "max_rel": float}}``.
+
+    Raises:
+        HpatkError: a wrong output shape or a difference beyond rtol 1e-3 / atol 1e-5.
+    """
+    from hpatk.export.runtime import create_session
+
+    session, _ = create_session(path, provider="cpu")
+    report = {}
+    for b, ref in refs.items():
+        got = session.run([spec.output_name], {spec.input_name: x[:b]})[0]
+        if got.shape != ref.shape:
+            raise HpatkError(f"parity check failed at batch {b}: ONNX output shape "
+                             f"{tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
+        diff = np.abs(got.astype(np.float64) - ref)
+        report[b] = {"max_abs": float(diff.max()),
+                     "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max())}
+        if not np.allclose(got, ref, rtol=RTOL, atol=ATOL):
+            worst = np.unravel_index(int(np.argmax(diff - RTOL * np.abs(ref))), diff.shape)
+            raise HpatkError(
+                f"parity check failed at batch {b}: ONNX {got[worst]:.6g} vs PyTorch "
+                f"{ref[worst]:.6g} at {tuple(int(i) for i in worst)} (rtol {RTOL}, atol {ATOL})")
+    return report
+
+
+def _varies(y: np.ndarray, saturating: bool = False) -> str | None:
+    """Why outputs ``y`` (B, ...) cannot prove parity, or None."""
+    if not np.isfinite(y).all():
+        return "outputs contain NaN or inf"
+    flat = y.reshape(y.shape[0], -1).astype(np.float64)
+    if np.ptp(flat, axis=0).max() <= 1e-4 * max(1.0, float(np.abs(flat).max())):
+        return "outputs do not change with the input"
+    if saturating and not ((flat > 1e-4) & (flat < 1 - 1e-4)).any():
+        return "probabilities are all saturated at 0 or 1"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# -- classifier -------------------------------------------------------------------------
+
+
+def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """The checkpoint's model in eval mode with its weights (core's builder when present)."""
+    try:
+        from hpatk.core.checkpoint import build_classifier
+    except ImportError:  # older core: the documented format is enough to rebuild it
+        build_classifier = _fallback_build_classifier
+    try:
+        return build_classifier(ckpt).eval()
+    except HpatkError:
+        raise
+    except Exception as exc:
+        raise HpatkError(f"cannot rebuild the classifier from the checkpoint: "
+                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _fallback_build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
+    from hpatk.core import get_registry
+
+    m = ckpt["model"]
+    model = get_registry().backbones.create(m["backbone"], num_classes=m["num_classes"],
+                                            in_chans=m["in_chans"], pretrained=None,
+                                            **m.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def _classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],
+                      probabilities: bool) -> torch.nn.Module:
+    import torch
+
+    class ClassifierGraph(torch.nn.Module):
+        """images float (B, C, H, W) in [0, 1] -> normalise -> model (-> sigmoid)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = self.model((images - self.mean) / self.std)
+            return torch.sigmoid(logits) if probabilities else logits
+
+    return ClassifierGraph().eval()
+
+
+def _image_inputs(n: int, seed: int, mean: list[float], std: list[float],
+                  size: int) -> np.ndarray:
+    """Varied float32 (n, C, S, S) images in [0, 1]: noise at the training statistics,
+    smooth blobs like cells, and uniform noise (in-distribution and beyond)."""
+    rng = np.random.default_rng(seed)
+    c = len(mean)
+    mu = np.asarray(mean, np.float64)[:, None, None]
+    sd = np.asarray(std, np.float64)[:, None, None]
+    out = np.empty((n, c, size, size), np.float32)
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            img = mu + sd * rng.standard_normal((c, size, size))
+        elif kind == 1:  # low-frequency structure, like cells
+            cell = max(size // 8, 1)
+            grid = rng.random((c, size // cell + 1, size // cell + 1))
+            big = np.repeat(np.repeat(grid, cell, axis=1), cell, axis=2)[:, :size, :size]
+            img = mu + 3 * sd * (big - 0.5) + 0.2 * sd * rng.standard_normal(big.shape)
+        else:
+            img = rng.random((c, size, size))
+        out[i] = np.clip(img, 0.0, 1.0)
+    return out
+
+
+def _require(ckpt: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = ckpt.get(key)
+    if not isinstance(value, kind):
+        raise HpatkError(f"checkpoint has no valid '{key}' (got {type(value).__name__})")
+    return value
+
+
+@register_exporter("classifier")
+def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
+    """Classifier: images float (B, C, S, S) in [0, 1] -> probabilities or logits (B, K)."""
+    model_cfg = _require(ckpt, "model", dict)
+    classes = [int(c) for c in _require(ckpt, "classes", (list, tuple))]
+    names = [str(n) for n in _require(ckpt, "class_names", (list, tuple))]
+    stains = [str(s) for s in _require(ckpt, "stains", (list, tuple))]
+    enhance = dict(_require(ckpt, "enhance", dict))
+    norm = _require(ckpt, "normalize", dict)
+    thresholds = ckpt.get("thresholds")
+    k, c = int(model_cfg.get("num_classes", -1)), int(model_cfg.get("in_chans", -1))
+    problems = [
+        (len(classes) == k, f"'classes' has {len(classes)} entries for {k} outputs"),
+        (len(names) == k, f"'class_names' has {len(names)} entries for {k} outputs"),
+        (len(stains) == c, f"'stains' has {len(stains)} entries for {c} input channels"),
+        (all(len(norm.get(x) or ()) == c for x in ("mean", "std")),
+         f"'normalize' needs {c} means and stds"),
+        (all(float(s) > 0 for s in norm.get("std") or ()), "'normalize' std must be > 0"),
+        (thresholds is None or len(thresholds) == k, f"'thresholds' must have {k} values"),
+        ("name" in enhance, "'enhance' has no name"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise HpatkError(f"checkpoint: {message}")
+    trained = int(_require(ckpt, "size", int))
+    size = int(options.size or trained)
+    if size < 8:
+        raise HpatkError(f"--size must be at least 8, not {size}")
+    mean = [float(v) for v in norm["mean"]]
+    std = [float(v) for v in norm["std"]]
+    probabilities = options.output == "probabilities"
+    graph = _classifier_graph(_build_classifier(ckpt), mean, std, probabilities)
+    meta = {
+        "classes": classes, "class_names": names,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "stains": stains, "input_size": size, "trained_size": trained, "enhance": enhance,
+        "normalize": {"mean": mean, "std": std}, "output": options.output,
+        "backbone": str(model_cfg.get("backbone", "")),
+    }
+    return ExportSpec(
+        module=graph, input_name="images", output_name=options.output,
+        sample_shape=(c, size, size),
+        make_inputs=lambda n, seed: _image_inputs(n, seed, mean, std, size), metadata=meta,
+        summary=f"{meta['backbone']} classifier, {c} stains x {size} px -> {k} "
+                f"{options.output}",
+        degenerate=lambda y: _varies(y, saturating=probabilities))
+
+
+# -- generator --------------------------------------------------------------------------
+
+
+def _build_generator(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """The DCGAN generator, reached through the registry (export never imports plugins)."""
+    from hpatk.core import get_registry
+
+    m = ckpt["model"]
+    try:
+        gan = get_registry().augmentations.create(
+            "dcgan", latent_dim=int(m["latent_dim"]), channels=int(m["channels"]),
+            image_size=int(m["image_size"]), width=int(m["width"]))
+        generator = gan.generator
+        generator.load_state_dict(ckpt["state_dict"])
+    except HpatkError:
+        raise
+    except Exception as exc:
+        raise HpatkError(f"cannot rebuild the generator from the checkpoint: "
+                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    return generator.eval()
+
+
+def _generator_graph(generator: torch.nn.Module) -> torch.nn.Module:
+    import torch
+
+    class GeneratorGraph(torch.nn.Module):
+        """noise (B, latent) ~ N(0, 1) -> images (B, C, S, S) in [0, 1]."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = generator
+
+        def forward(self, noise: torch.Tensor) -> torch.Tensor:
+            # [0, 1] like the cache and the classifier input, not tanh's [-1, 1].
+            return ((self.generator(noise) + 1) * 0.5).clamp(0, 1)
+
+    return GeneratorGraph().eval()
+
+
+@register_exporter("generator")
+def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
+    """Generator: noise float (B, latent_dim) -> images float (B, C, S, S) in [0, 1]."""
+    from hpatk.core.classes import CLASS_NAMES
+
+    model_cfg = _require(ckpt, "model", dict)
+    missing = [k for k in ("latent_dim", "channels", "image_size", "width")
+               if k not in model_cfg]
+    if missing:
+        raise HpatkError(f"generator checkpoint: 'model' lacks {', '.join(missing)}")
+    size, latent = int(model_cfg["image_size"]), int(model_cfg["latent_dim"])
+    if options.size not in (None, size):
+        raise HpatkError(f"--size: a generator's size is fixed by its checkpoint ({size} px)")
+    if options.output != "probabilities":
+        raise HpatkError("--logits applies to classifiers only")
+    class_index = int(ckpt.get("class_index", -1))
+    stains = [str(s) for s in ckpt.get("stains") or ()]
+    meta = {
+        "class_index": class_index,
+        "class_name": CLASS_NAMES[class_index] if 0 <= class_index < len(CLASS_NAMES) else "",
+        "stains": stains, "image_size": size, "latent_dim": latent,
+        "channels": int(model_cfg["channels"]), "enhance": ckpt.get("enhance"),
+        "output_range": "[0, 1]",
+    }
+    return ExportSpec(
+        module=_generator_graph(_build_generator(ckpt)), input_name="noise",
+        output_name="images", sample_shape=(latent,),
+        make_inputs=lambda n, seed: np.random.default_rng(seed).standard_normal(
+            (n, latent)).astype(np.float32),
+        metadata=meta,
+        summary=f"DCGAN generator for class {class_index} {meta['class_name']!r}, noise "
+                f"{latent} -> {model_cfg['channels']} x {size} px")
+

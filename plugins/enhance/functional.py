@@ -286,12 +286,15 @@ def _interpolate(planes: torch.Tensor, luts: torch.Tensor, th: int, tw: int) -> 
     key = torch.arange(n, device=planes.device, dtype=itype).view(n, 1, 1) * cells[0].numel()
     idx = planes.to(itype).add_(key).add_(offsets)
     packed = cells.reshape(-1).index_select(0, idx.view(-1))
-    corners = packed.view(torch.uint8).view(n, h, w, 4).to(torch.float32).unbind(-1)
-    l11, l12, l21, l22 = corners
+    # de-interleave the 4 bytes into 4 contiguous float32 planes, then work in place:
+    # one buffer, contiguous (vectorised) arithmetic
+    corners = torch.empty((4, n, h, w), dtype=torch.float32, device=planes.device)
+    corners.view(4, -1).copy_(packed.view(torch.uint8).view(-1, 4).t())
+    l11, l12, l21, l22 = corners.unbind(0)
     # res = (L11 * xa1 + L12 * xa) * ya1 + (L21 * xa1 + L22 * xa) * ya, one float32 op at a
     # time in OpenCV's order (separate kernels: no fused multiply-add changes a rounding).
-    top = l11.mul(xa1).add_(l12.mul(xa)).mul_(ya1)
-    bottom = l21.mul(xa1).add_(l22.mul(xa)).mul_(ya)
+    top = l11.mul_(xa1).add_(l12.mul_(xa)).mul_(ya1)
+    bottom = l21.mul_(xa1).add_(l22.mul_(xa)).mul_(ya)
     return top.add_(bottom).round_().clamp_(0, 255).to(torch.uint8)
 
 

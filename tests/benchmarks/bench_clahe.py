@@ -7,9 +7,10 @@ Backends (all on the same uint8 images, clip 2, 8 x 8 tiles unless told otherwis
 - ``cv2_internal_threads``: the same loop with OpenCV's own threads (``cv2.setNumThreads``).
 - ``hpatk_opencv_pool``: the ``clahe`` plugin's CPU path (``apply_uint8``): OpenCV per
   plane over our thread pool.
-- ``hpatk_torch_cpu_b1`` / ``_batch``: our OpenCV-exact torch kernel on the CPU, one image
-  per call / all images in one call.
-- ``kornia_cpu_b1`` / ``_batch``: ``kornia.enhance.equalize_clahe`` on float [0, 1] input.
+- ``hpatk_torch_cpu_b1_1thread`` / ``_batch``: our OpenCV-exact torch kernel on the CPU,
+  one image per call on one thread / all images in one call on all threads.
+- ``kornia_cpu_b1_1thread`` / ``_batch``: ``kornia.enhance.equalize_clahe`` on float
+  [0, 1] input, likewise.
 - with CUDA: ``hpatk_torch_cuda_batch`` (images already on the GPU),
   ``hpatk_plugin_cuda_e2e`` (uint8 from the CPU, result back: transfers included) and
   ``kornia_cuda_batch``.
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               else low_contrast_images(args.n, args.size))
     n = len(images)
     clip, grid = args.clip, tuple(args.grid)
-    planes = images.reshape(-1, *images.shape[-2:])
 
     def cv2_loop(threads: int) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   ) -> Callable[[], torch.Tensor]:
         return lambda: torch.cat([fn(x[i:i + 1]) for i in range(n)])
 
+    def torch_threads(k: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            torch.set_num_threads(k)
+            return fn()
+        return run
+
     def kornia_clahe(x: torch.Tensor) -> torch.Tensor:
         # kornia's grid_size is (tiles down, tiles across); OpenCV's the other way round
         return kornia.enhance.equalize_clahe(x, clip, (grid[1], grid[0]))
@@ -120,13 +126,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cv2_internal_threads": (cv2_loop(cpus), cpus, None),
         "hpatk_opencv_pool": (lambda: np.stack([plugin.apply_uint8(img) for img in images]),
                               cpus, None),
-        "hpatk_torch_cpu_b1": (per_image(lambda t: clahe_levels(t, clip, grid), x_u8), cpus,
-                               None),
-        "hpatk_torch_cpu_batch": (lambda: clahe_levels(x_u8, clip, grid), cpus, None),
+        "hpatk_torch_cpu_b1_1thread": (
+            torch_threads(1, per_image(lambda t: clahe_levels(t, clip, grid), x_u8)), 1, None),
+        "hpatk_torch_cpu_batch": (
+            torch_threads(cpus, lambda: clahe_levels(x_u8, clip, grid)), cpus, None),
     }
     if not args.no_kornia:
-        variants["kornia_cpu_b1"] = (per_image(kornia_clahe, x_float), cpus, None)
-        variants["kornia_cpu_batch"] = (lambda: kornia_clahe(x_float), cpus, None)
+        variants["kornia_cpu_b1_1thread"] = (
+            torch_threads(1, per_image(kornia_clahe, x_float)), 1, None)
+        variants["kornia_cpu_batch"] = (torch_threads(cpus, lambda: kornia_clahe(x_float)),
+                                        cpus, None)
     device_name = None
     if torch.cuda.is_available():
         device_name = torch.cuda.get_device_name(0)

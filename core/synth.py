@@ -35,6 +35,7 @@ import numpy as np
 from hpatk.core.classes import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_IMAGES, STAINS
 from hpatk.core.classes import class_subset as _class_subset
 from hpatk.core.errors import HpatkError
+from hpatk.core.io import current_umask
 from hpatk.core.progress import progress
 
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -166,6 +167,7 @@ def make_synthetic(out: str | os.PathLike[str], n: int = 2000, size: int = 512, 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; OUT should be a normal folder
         jobs = []
         for split, labels in (("train", train_labels), ("test", test_labels)):
             (tmp / split).mkdir()
@@ -229,12 +231,12 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
-                  n: int = 8, tile: int = 160) -> Path:
+                  n: int = 8, tile: int = 160, cols: int = 2) -> Path:
     """A contact sheet of the first ``n`` training images of a Kaggle-layout folder.
 
     Each sample is two tiles: the raw composite as stored (red = microtubules + ER,
     green = protein, blue = nucleus; dim, as in HPA) and the green stain after CLAHE,
-    with its class names underneath. Written atomically with cv2.
+    with its class names underneath; ``cols`` samples per row. Written atomically.
 
     Returns:
         ``out`` as a Path.
@@ -249,30 +251,40 @@ def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     if not rows:
         raise HpatkError(f"{data_dir / 'train.csv'} has no rows to preview")
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    chars = (2 * tile - 8) // 7  # what fits on a caption line at this font size
     cells = []
     for row in rows:
         g, r, b, y = (cv2.imread(str(data_dir / "train" / f"{row['Id']}_{s}.png"),
                                  cv2.IMREAD_GRAYSCALE) for s in STAINS)
-        red = np.clip(r.astype(np.int16) + y // 2, 0, 255).astype(np.uint8)
-        comp = cv2.merge([b, np.clip(g.astype(np.int16) + y // 2, 0, 255).astype(np.uint8),
-                          red])
+        half_y = (y // 2).astype(np.int16)
+        comp = cv2.merge([b, np.clip(g + half_y, 0, 255).astype(np.uint8),
+                          np.clip(r + half_y, 0, 255).astype(np.uint8)])
         green = cv2.cvtColor(clahe.apply(g), cv2.COLOR_GRAY2BGR)
         pair = [cv2.resize(im, (tile, tile), interpolation=cv2.INTER_AREA)
                 for im in (comp, green)]
         caption = np.zeros((34, 2 * tile, 3), np.uint8)
-        names = [CLASS_NAMES[int(t)] for t in row["Target"].split()]
-        for k, text in enumerate([", ".join(names[:2]), ", ".join(names[2:])]):
-            cv2.putText(caption, text[:44], (4, 14 + 15 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+        lines, line = [], ""
+        for name in (CLASS_NAMES[int(t)] for t in row["Target"].split()):
+            if line and len(line) + len(name) + 2 > chars:
+                lines.append(line + ",")
+                line = ""
+            line = f"{line}, {name}" if line else name
+        lines.append(line)
+        for k, text in enumerate(lines[:2]):
+            cv2.putText(caption, text[:chars], (4, 14 + 15 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                         (255, 255, 255), 1, cv2.LINE_AA)
         cells.append(np.vstack([np.hstack(pair), caption]))
-    cols = 2 if len(cells) > 1 else 1
+    cols = max(1, min(cols, len(cells)))
     while len(cells) % cols:
         cells.append(np.zeros_like(cells[0]))
-    sep = np.full((cells[0].shape[0], 6, 3), 40, np.uint8)
-    rows_img = [np.hstack([cells[i], sep, cells[i + 1]]) if cols == 2 else cells[i]
-                for i in range(0, len(cells), cols)]
-    sheet = np.vstack([np.vstack([r, np.full((6, r.shape[1], 3), 40, np.uint8)])
-                       for r in rows_img])
+    gap = 6
+    height, width = cells[0].shape[:2]
+    n_rows = len(cells) // cols
+    sheet = np.full((n_rows * (height + gap) - gap, cols * (width + gap) - gap, 3), 40, np.uint8)
+    for k, cell in enumerate(cells):
+        i, j = divmod(k, cols)
+        sheet[i * (height + gap):i * (height + gap) + height,
+              j * (width + gap):j * (width + gap) + width] = cell
     ok, png = cv2.imencode(".png", sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:  # pragma: no cover - PNG encoding of uint8 BGR does not fail
         raise HpatkError(f"cannot encode the preview {out}")
@@ -280,4 +292,3 @@ def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     with atomic_open(out, "wb") as f:
         f.write(png.tobytes())
     return out
-

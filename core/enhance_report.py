@@ -201,6 +201,11 @@ def compare_enhancers(data_dir: str | os.PathLike[str],
     if n is not None and n < 1:
         raise HpatkError(f"--n must be at least 1, not {n}")
     stains = parse_stains(stains)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise HpatkError("--device cuda: CUDA is not available (use --device auto or cpu)")
     enhancers = {}
     for method in methods:
         extra = dict(params.get(method, {}))

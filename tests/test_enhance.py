@@ -17,6 +17,7 @@ from hpatk.plugins.enhance.functional import (
     equalize_clahe,
     equalize_hist,
     equalize_hist_levels,
+    to_levels,
 )
 
 REG = get_registry()
@@ -113,6 +114,14 @@ class TestEqualizeClahe:
         y = equalize_clahe(x.view(1, 4, 40, 56), 2.0, (4, 8))
         ref = torch.from_numpy(cv2_clahe(planes, 2.0, (4, 8))).to(device=device, dtype=dtype)
         assert torch.equal(y[0], ref / 255)
+
+    @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+    def test_half_precision_levels_survive(self, device, half):
+        levels = torch.arange(256, dtype=torch.uint8, device=device).view(16, 16)
+        x = (levels.double() / 255).to(half)
+        assert torch.equal(to_levels(x), levels)
+        y = equalize_clahe(x[None], 2.0, (2, 2))
+        assert y.dtype == half and torch.equal(to_levels(y[0]), clahe_levels(levels, 2.0, (2, 2)))
 
     def test_planes_are_independent(self, device):
         planes = torch.from_numpy(microscopy_like(5, 32, 32, seed=4)).to(device)

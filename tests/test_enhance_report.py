@@ -146,6 +146,12 @@ def test_compare_exceptions(synth_data):
         compare_enhancers(synth_data, ["clahe"], n=1, params={"clahe": {"clip_limit": -2}})
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_compare_device_cuda_without_cuda(synth_data):
+    with pytest.raises(HpatkError, match="CUDA is not available"):
+        compare_enhancers(synth_data, ["clahe"], n=1, device="cuda")
+
+
 def test_write_report_files(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (4, 24, 24), dtype=np.uint8)

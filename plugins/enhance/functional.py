@@ -74,7 +74,10 @@ def to_levels(input: torch.Tensor) -> torch.Tensor:
             raise EnhanceError(
                 f"float input must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]: divide "
                 "0..255 data by 255 or pass a uint8 tensor")
-    return input.detach().mul(255).round_().to(torch.uint8)
+    x = input.detach()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # 255 x needs more mantissa than half precision has
+    return x.mul(255).round_().to(torch.uint8)
 
 
 def from_levels(levels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

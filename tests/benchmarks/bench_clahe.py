@@ -6,7 +6,7 @@ Backends (all on the same uint8 images, clip 2, 8 x 8 tiles unless told otherwis
   the baseline every ratio is relative to.
 - ``cv2_internal_threads``: the same loop with OpenCV's own threads (``cv2.setNumThreads``).
 - ``hpatk_opencv_pool``: the ``clahe`` plugin's CPU path (``apply_uint8``): OpenCV per
-  plane over our thread pool.
+  plane over our thread pool; ``hpatk_opencv_1thread``: the same with ``threads=1``.
 - ``hpatk_torch_cpu_b1_1thread`` / ``_batch``: our OpenCV-exact torch kernel on the CPU,
   one image per call on one thread / all images in one call on all threads.
 - ``kornia_cpu_b1_1thread`` / ``_batch``: ``kornia.enhance.equalize_clahe`` on float
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return run
 
     plugin = CLAHE(clip, grid, threads=cpus)
+    plugin_1thread = CLAHE(clip, grid, threads=1)
     x_u8 = torch.from_numpy(images)
     x_float = x_u8.float() / 255
 
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cv2_internal_threads": (cv2_loop(cpus), cpus, None),
         "hpatk_opencv_pool": (lambda: np.stack([plugin.apply_uint8(img) for img in images]),
                               cpus, None),
+        "hpatk_opencv_1thread": (
+            lambda: np.stack([plugin_1thread.apply_uint8(img) for img in images]), 1, None),
         "hpatk_torch_cpu_b1_1thread": (
             torch_threads(1, per_image(lambda t: clahe_levels(t, clip, grid), x_u8)), 1, None),
         "hpatk_torch_cpu_batch": (

@@ -5,6 +5,8 @@ grids, clip limits; plus the input rules (uint8, [0, 1], refused out-of-range in
 
 from __future__ import annotations
 
+import pickle
+
 import cv2
 import numpy as np
 import pytest
@@ -193,6 +195,8 @@ class TestEnhancers:
                   if k != "name"}
         again = REG.enhancers.create(name, **params)
         assert again.config() == cfg
+        # spawn-started DataLoader workers receive enhancers pickled
+        assert pickle.loads(pickle.dumps(enh)).config() == cfg
         img = microscopy_like(4, 32, 40, seed=6)
         assert np.array_equal(again.apply_uint8(img), enh.apply_uint8(img))
 

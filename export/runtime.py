@@ -140,7 +140,7 @@ def create_session(path: str | os.PathLike[str], provider: str = "auto", *,
     report = ProviderReport(provider, tuple(chain), active, reason)
     if strict and report.fell_back and provider != "auto":
         raise HpatkError(f"--strict: {', '.join(report.missing)} requested but not loaded "
-                         f"({reason or 'unknown reason'}); running on {active[0]} refused")
+                         f"({reason or 'unknown reason'}); refusing to fall back to {active[0]}")
     return session, report
 
 

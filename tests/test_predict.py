@@ -1,0 +1,232 @@
+"""``hpatk predict``: stain PNGs -> the model's recorded preprocessing -> ONNX Runtime ->
+thresholds -> a Kaggle submission; identical to ``hpatk evaluate``'s PyTorch path."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+from hpatk.cli.main import cli  # noqa: E402
+from test_onnx_export import ENHANCE, classifier_ckpt, generator_ckpt  # noqa: E402
+
+SIZE = 32  # the model's input; the dataset's PNGs are 64 px
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A synthetic Kaggle-layout dataset: 24 train and 10 test images of 64 px."""
+    from hpatk.core.synth import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("pred") / "data", n=24, size=64, seed=1,
+                          n_test=10, workers=1)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """(checkpoint path, checkpoint dict, exported .onnx) for resnet18 at 32 px, CLAHE."""
+    from hpatk.export import export_checkpoint
+
+    d = tmp_path_factory.mktemp("predmodel")
+    ckpt = classifier_ckpt(d / "ck.pt", size=SIZE, seed=5)
+    export_checkpoint(d / "ck.pt", d / "model.onnx")
+    return d / "ck.pt", ckpt, d / "model.onnx"
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["predict", *map(str, args)])
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def _probs_csv(path):
+    rows = _read(path)
+    return rows[0], [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:]]
+                                                       for r in rows[1:]], np.float32)
+
+
+def test_predict_writes_a_kaggle_submission(data, model, tmp_path):
+    from hpatk.core.data import load_stains, read_kaggle
+    from hpatk.export import OnnxClassifier
+
+    _, ckpt, onnx_path = model
+    sub, probs = tmp_path / "sub.csv", tmp_path / "probs.csv"
+    r = _invoke(onnx_path, data, "--out", sub, "--probs", probs, "--provider", "cpu",
+                "--batch", 4)
+    assert r.exit_code == 0, r.output
+    assert "ONNX Runtime providers: CPUExecutionProvider" in r.output
+    assert "predicted 10 images" in r.output
+    rows = _read(sub)
+    assert rows[0] == ["Id", "Predicted"]
+    expected_ids = [row[0] for row in _read(data / "sample_submission.csv")[1:]]
+    assert [row[0] for row in rows[1:]] == expected_ids
+    for _, predicted in rows[1:]:
+        labels = [int(v) for v in predicted.split(" ")]  # at least one, space-separated
+        assert labels == sorted(set(labels)) and all(0 <= c < 28 for c in labels)
+    # the probabilities are the model's on the preprocessed PNGs, and give those labels
+    header, ids, p = _probs_csv(probs)
+    assert header == ["Id", *[str(c) for c in range(28)]] and ids == expected_ids
+    clf = OnnxClassifier(onnx_path, provider="cpu")
+    refs = read_kaggle(data, split="test")
+    images = np.stack([load_stains(ref) for ref in refs])
+    pred = clf.predict(images)
+    np.testing.assert_allclose(p, pred.probs, atol=6e-7)
+    assert [[int(v) for v in row[1].split()] for row in rows[1:]] == pred.labels
+    assert 0.05 < p.mean() < 0.95 and p.std() > 0.01  # not a degenerate comparison
+    assert ckpt["thresholds"] == pytest.approx(clf.thresholds.tolist())
+
+
+def test_predict_equals_evaluate(data, model, tmp_path):
+    """ONNX on PNGs == the checkpoint in PyTorch on the training cache (hpatk evaluate's
+    path), image for image: same preprocessed pixels, same probabilities, same labels."""
+    from hpatk.core.cache import CacheDataset, build_cache
+    from hpatk.core.data import load_stains, read_kaggle
+    from hpatk.core.evaluate import predict_probs
+    from hpatk.core.metrics import apply_thresholds
+    from hpatk.export import OnnxClassifier
+
+    ck_path, ckpt, onnx_path = model
+    params = {k: v for k, v in ENHANCE.items() if k != "name"}
+    cache = build_cache(data, tmp_path / "cache.h5", enhance="clahe", enhance_params=params,
+                        size=SIZE, workers=1)
+    ids, torch_probs = predict_probs(ck_path, cache)
+
+    sub, probs = tmp_path / "sub.csv", tmp_path / "probs.csv"
+    r = _invoke(onnx_path, data, "--split", "train", "--out", sub, "--probs", probs,
+                "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    _, onnx_ids, onnx_probs = _probs_csv(probs)
+    order = [onnx_ids.index(i) for i in ids]
+    assert sorted(onnx_ids) == sorted(ids) and len(ids) == 24
+    np.testing.assert_allclose(onnx_probs[order], torch_probs, rtol=1e-3, atol=1e-5)
+    thresholds = np.asarray(ckpt["thresholds"])
+    want = apply_thresholds(torch_probs, thresholds)
+    got = {row[0]: [int(v) for v in row[1].split()] for row in _read(sub)[1:]}
+    assert [got[i] for i in ids] == [np.flatnonzero(w).tolist() for w in want]
+
+    # the reason: predict's preprocessing reproduces the cache bit for bit
+    clf = OnnxClassifier(onnx_path, provider="cpu")
+    ds = CacheDataset(cache)
+    refs = {ref.id: ref for ref in read_kaggle(data, split="train")}
+    for i in (0, 7, 23):
+        cached = ds[i][0].numpy()
+        assert np.array_equal(clf.preprocess(load_stains(refs[ds.ids[i]])), cached)
+
+
+def test_predict_options_ids_batch_tta(data, model, tmp_path):
+    _, _, onnx_path = model
+    all_ids = [row[0] for row in _read(data / "sample_submission.csv")[1:]]
+    pick = all_ids[::-3]  # a subset, in another order
+    ids_csv = tmp_path / "ids.csv"
+    ids_csv.write_text("Id,Other\n" + "".join(f"{i},x\n" for i in pick))
+    base = tmp_path / "a.csv"
+    r = _invoke(onnx_path, data, "--out", tmp_path / "s1.csv", "--probs", base, "--ids",
+                ids_csv, "--provider", "cpu", "--batch", 16)
+    assert r.exit_code == 0, r.output
+    _, ids, p1 = _probs_csv(base)
+    assert ids == pick and [row[0] for row in _read(tmp_path / "s1.csv")[1:]] == pick
+    r = _invoke(onnx_path, data, "--out", tmp_path / "s2.csv", "--probs", tmp_path / "b.csv",
+                "--ids", ids_csv, "--provider", "cpu", "--batch", 1, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(_probs_csv(tmp_path / "b.csv")[2], p1, atol=2e-6)
+    r = _invoke(onnx_path, data, "--out", tmp_path / "s3.csv", "--probs", tmp_path / "c.csv",
+                "--ids", ids_csv, "--provider", "cpu", "--tta", "flips")
+    assert r.exit_code == 0, r.output
+    p3 = _probs_csv(tmp_path / "c.csv")[2]
+    assert p3.shape == p1.shape and not np.allclose(p3, p1, atol=1e-3)
+
+
+def test_predict_plain_folder_of_pngs(data, model, tmp_path):
+    """A folder of {Id}_{stain}.png without a CSV: every image, sorted by Id."""
+    _, _, onnx_path = model
+    folder = tmp_path / "images"
+    shutil.copytree(data / "test", folder)
+    r = _invoke(onnx_path, folder, "--out", tmp_path / "s.csv", "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    ids = [row[0] for row in _read(tmp_path / "s.csv")[1:]]
+    expected = sorted(row[0] for row in _read(data / "sample_submission.csv")[1:])
+    assert ids == expected
+
+
+# -- errors: one line, exit 1, nothing written -------------------------------------------
+
+
+def _fails(result, message, *paths):
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") or "\nError: " in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and message in error[0], result.output
+    for p in paths:
+        assert not p.exists(), p
+
+
+def test_predict_missing_or_corrupt_image(data, model, tmp_path):
+    _, _, onnx_path = model
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    victim = next((broken / "test").glob("*_yellow.png"))
+    victim.unlink()
+    sub, probs = tmp_path / "s.csv", tmp_path / "p.csv"
+    _fails(_invoke(onnx_path, broken, "--out", sub, "--probs", probs, "--provider", "cpu"),
+           victim.name, sub, probs)
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a corrupt PNG, found mid-run
+    _fails(_invoke(onnx_path, broken, "--out", sub, "--probs", probs, "--provider", "cpu",
+                   "--batch", 2), victim.name, sub, probs)
+
+
+def test_predict_bad_model_files(data, model, tmp_path):
+    _, _, onnx_path = model
+    sub = tmp_path / "s.csv"
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(onnx_path.read_bytes()[:5000])
+    _fails(_invoke(truncated, data, "--out", sub), "not a readable ONNX file", sub)
+    _fails(_invoke(tmp_path / "nope.onnx", data, "--out", sub), "does not exist", sub)
+    generator_ckpt(tmp_path / "g.pt")
+    from hpatk.export import export_checkpoint
+
+    export_checkpoint(tmp_path / "g.pt", tmp_path / "g.onnx")
+    _fails(_invoke(tmp_path / "g.onnx", data, "--out", sub),
+           "is a generator model, not a classifier", sub)
+
+
+def test_predict_bad_options(data, model, tmp_path):
+    _, _, onnx_path = model
+    sub = tmp_path / "s.csv"
+    bad_ids = tmp_path / "ids.csv"
+    bad_ids.write_text("Name\nabc\n")
+    _fails(_invoke(onnx_path, data, "--out", sub, "--ids", bad_ids), "no 'Id' column", sub)
+    bad_ids.write_text("Id\n../../etc/passwd\n")
+    _fails(_invoke(onnx_path, data, "--out", sub, "--ids", bad_ids), "invalid Id", sub)
+    _fails(_invoke(onnx_path, data, "--out", onnx_path), "same file as MODEL")
+    assert onnx_path.stat().st_size > 1000
+    _fails(_invoke(onnx_path, tmp_path / "missing", "--out", sub), "is not a folder", sub)
+    sub.write_text("previous")
+    _fails(_invoke(onnx_path, data, "--out", sub, "--probs", sub), "same file as --out")
+    assert sub.read_text() == "previous"
+    r = _invoke(onnx_path, data, "--out", tmp_path / "x.csv", "--provider", "npu")
+    assert r.exit_code == 2  # a usage error
+
+
+def _cuda_loads() -> bool:
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(_cuda_loads(), reason="CUDA loads here: no fallback to observe")
+def test_predict_strict_refuses_cpu_fallback(data, model, tmp_path):
+    _, _, onnx_path = model
+    sub = tmp_path / "s.csv"
+    _fails(_invoke(onnx_path, data, "--out", sub, "--provider", "cuda", "--strict"),
+           "--strict: CUDAExecutionProvider requested but not loaded", sub)
+    r = _invoke(onnx_path, data, "--out", sub, "--provider", "cuda")
+    assert r.exit_code == 0 and sub.is_file()
+    assert "warning: CUDAExecutionProvider requested (--provider cuda) but not loaded" in r.output
+    assert "ONNX Runtime providers: CPUExecutionProvider" in r.output

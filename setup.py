@@ -62,6 +62,7 @@ setup(
         "click>=8.1",
         "pluggy>=1.5",
         "h5py>=3.10",
+        "hdf5plugin>=4.0",  # blosc-lz4 for `hpatk cache build --compression blosc-lz4`
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "iterative-stratification>=0.1.7",

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from hpatk.cli.main import cli
 from hpatk.core.cache import (
+    CacheDataset,
     build_cache,
     cache_ids,
     cache_labels,
@@ -101,6 +102,11 @@ def test_blosc_lz4_round_trip(synth_data, synth_cache, tmp_path):
     with h5py.File(out, "r") as f, h5py.File(synth_cache, "r") as g:
         assert "32001" in f["images"]._filters  # the blosc filter id
         np.testing.assert_array_equal(f["images"][()], g["images"][()])
+        want = g["images"][[2, 3, 40]]
+    ds = CacheDataset(out)  # through HDF5's filter pipeline, not the direct-read path
+    got, _ = ds.read_batch([40, 2, 3])
+    np.testing.assert_array_equal(got.numpy(), want[[2, 0, 1]])
+    assert ds._segs[0][1] is None
 
 
 def test_enhance_none_is_plain_resize(synth_data, tmp_path):

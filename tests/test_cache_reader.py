@@ -54,6 +54,7 @@ def test_items_labels_and_selection(synth_cache):
     assert torch.equal(x, torch.from_numpy(images[7]))
     assert y.dtype == torch.float32 and torch.equal(y, torch.from_numpy(labels[7]).float())
     assert ds.meta["enhance"]["name"] == "clahe" and ds.meta["size"] == 64
+    assert ds._segs[0][1] is not None  # uncompressed: images read straight from the file
 
     rows = np.array([50, 3, 3, 95, 10])
     sub = CacheDataset(synth_cache, rows, classes=TOP5, as_float=True)

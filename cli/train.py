@@ -1,30 +1,189 @@
-"""``hpatk train``, ``hpatk evaluate``, ``hpatk experiment``."""
+"""``hpatk train``, ``hpatk evaluate``, ``hpatk experiment``.
+
+Only click is imported at the top; the engine (torch) is imported inside the commands.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import click
 
 
+def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """``KEY=VALUE`` pairs (VALUE read as YAML: numbers, lists, true/false) -> dict."""
+    if not values:
+        return None
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", ctx=ctx, param=param)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _fold(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a fold number or 'all'", ctx=ctx,
+                                 param=param) from None
+
+
+def _stains(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+# option name -> TrainConfig field, for options whose names differ
+_FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
+          "backbone_param": "backbone_params", "enhance_param": "enhance_params"}
+
+
 @click.command()
-def train() -> None:
+@click.option("--data", type=click.Path(), help="Cache (.h5) or dataset folder (cached "
+              "automatically).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Replay a run's config.yaml; options given here override it.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--backbone", help="Registered backbone (hpatk registry backbones). "
+              "[default: inceptionv4]")
+@click.option("--backbone-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="Extra backbone factory argument (repeatable).")
+@click.option("--head", type=click.Choice(["default", "paper"]),
+              help="Classifier head: timm's, or the paper's. [default: default]")
+@click.option("--pretrained", help="ImageNet weights: a local file (or a hub name online).")
+@click.option("--aug", help="classic, gan (real + synthetic samples of this fold, classic on "
+              "top), none, or any registered batch augmentation. [default: classic]")
+@click.option("--aug-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="Augmentation parameter, e.g. hflip=0.5 (repeatable).")
+@click.option("--loss", help="Registered loss (focal, bce, ...). [default: focal, gamma 2]")
+@click.option("--loss-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="Loss parameter, e.g. gamma=2 (repeatable).")
+@click.option("--folds", type=int, help="Number of CV folds. [default: 5]")
+@click.option("--fold", callback=_fold, help="Fold to validate on (0..folds-1) or 'all' "
+              "(each in turn, into RUN/fold_K). [default: 0]")
+@click.option("--folds-file", type=click.Path(dir_okay=False),
+              help="Use this folds.csv (Id,fold) instead of computing folds.")
+@click.option("--epochs", type=int, help="Epochs. [default: 35]")
+@click.option("--size", type=int, help="Input size in px (the cache is built at it). "
+              "[default: 512, or the cache's]")
+@click.option("--classes", help="all, top5 or indices like 0,25,2. [default: all]")
+@click.option("--in-stains", callback=_stains, help="Stains the model sees, e.g. "
+              "green,red,blue. [default: the cache's]")
+@click.option("--enhance", help="Enhancer used when caching a dataset folder. [default: clahe]")
+@click.option("--enhance-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="Enhancer parameter, e.g. clip_limit=2 (repeatable).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where to build the cache of a dataset folder.")
+@click.option("--lr", type=float, help="Initial learning rate (Adam). [default: 5e-4]")
+@click.option("--lr-decay", type=float, help="lr = lr0 * exp(-decay * epoch). [default: 0.01]")
+@click.option("--weight-decay", type=float, help="Adam weight decay. [default: 0]")
+@click.option("--batch-size", type=int, help="Initial batch size. [default: 32]")
+@click.option("--batch-double-every", type=int, help="Double the batch every N epochs "
+              "(0: never). [default: 15]")
+@click.option("--max-batch-size", type=int, help="Cap of the doubling. [default: 128]")
+@click.option("--workers", type=int, help="DataLoader workers. [default: 0 on CPU, up to 8 "
+              "on CUDA]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="[default: auto]")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA. [default: on]")
+@click.option("--seed", type=int, help="Seed: folds, init, shuffling, augmentation. "
+              "[default: 0]")
+def train(config_path: str | None, resume: bool, **options: Any) -> None:
     """Train a multi-label classifier (the paper's recipe by default).
+
+    Adam, lr 5e-4 decaying as exp(-0.01 epoch), batch 32 doubled every 15 epochs up to
+    128, 35 epochs, focal loss (gamma 2), 5-fold multilabel-stratified CV. Writes the run
+    folder: config.yaml, folds.csv, metrics.csv, best_loss.pt, best_macro_f1.pt,
+    best_micro_f1.pt, last.pt, thresholds.json, report.md.
 
     \b
     Example:
       hpatk train --data cache.h5 --backbone inceptionv4 --aug classic --out run1
+      hpatk train --data data --backbone vgg16 --head paper --classes top5 --size 256 \\
+          --fold all --out run5
+      hpatk train --out run1 --resume --epochs 40
+      hpatk train --config run1/config.yaml --seed 1 --out run1-seed1
     """
-    raise click.ClickException("hpatk train arrives with the training issue")
+    from hpatk.core.train_config import TrainConfig, read_config
+
+    overrides = {_FIELD.get(k, k): v for k, v in options.items() if v is not None}
+    if resume:
+        out = overrides.get("out") or (read_config(config_path).out if config_path else None)
+        if not out:
+            raise click.UsageError("--resume needs --out RUN (the run to continue)")
+        overrides["out"] = out
+        base = TrainConfig(out=out)
+    else:
+        base = read_config(config_path) if config_path else TrainConfig()
+        if "out" not in overrides and not config_path:
+            raise click.UsageError("Missing option '--out' (the run folder).")
+        if not config_path and "data" not in overrides:
+            raise click.UsageError("Missing option '--data' (a cache .h5 or dataset folder).")
+    cfg = base.replace(**overrides)
+    from hpatk.core.engine import train as run_training
+
+    results = run_training(cfg, resume=resume, overrides=overrides)
+    for r in results:
+        b = r.best.get("best_macro_f1", {})
+        click.echo(f"fold {r.fold}: best macro F1 {b.get('val_macro_f1', float('nan')):.4f} "
+                   f"(epoch {b.get('epoch')}), micro F1 {b.get('val_micro_f1', float('nan')):.4f}"
+                   f", accuracy {b.get('val_accuracy', float('nan')):.4f} -> {r.run_dir}")
 
 
 @click.command()
-def evaluate() -> None:
-    """Recompute a run's metrics on a fold or a dataset.
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", type=click.Path(exists=True), help="Evaluate on this cache or "
+              "dataset folder (every image with one of the run's classes) instead of the "
+              "validation fold.")
+@click.option("--fold", type=int, help="Only this fold (its model, its validation images).")
+@click.option("--checkpoint", type=click.Choice(["best_macro_f1", "best_loss", "best_micro_f1",
+                                                 "last"]), default="best_macro_f1",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write per-image probabilities and predictions (CSV).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out: str | None,
+             device: str, workers: int) -> None:
+    """Recompute a run's metrics on its validation fold(s) or a whole dataset.
+
+    Prints macro/micro F1 and accuracy at threshold 0.5 and with the tuned thresholds
+    (thresholds.json), and per-class F1. An all-folds run is evaluated out-of-fold
+    (each fold's images by that fold's model); with --data, its models are averaged.
 
     \b
     Example:
-      hpatk evaluate run1 --data cache.h5
+      hpatk evaluate run1
+      hpatk evaluate run1 --data other-data --checkpoint best_loss --out preds.csv
     """
-    raise click.ClickException("hpatk evaluate arrives with the training issue")
+    from hpatk.core.evaluate import evaluate_run
+
+    ev = evaluate_run(run, data=data, fold=fold, checkpoint=checkpoint, out=out,
+                      device=device, workers=workers)
+    click.echo(f"{checkpoint} on {ev.what}: {ev.n} images")
+    click.echo(f"{'':18} {'macro F1':>9} {'micro F1':>9} {'accuracy':>9}")
+    for label, m in (("threshold 0.5", ev.at_half), ("tuned thresholds", ev.tuned)):
+        if m is not None:
+            click.echo(f"{label:18} {m['macro_f1']:9.4f} {m['micro_f1']:9.4f} "
+                       f"{m['accuracy']:9.4f}")
+    click.echo("per-class F1 (0.5 / tuned), support:")
+    for i, name in enumerate(ev.class_names):
+        tuned = f"{ev.per_class_tuned[i]:.3f}" if ev.per_class_tuned is not None else "-"
+        click.echo(f"  {name:32} {ev.per_class[i]:.3f} / {tuned}  {int(ev.support[i])}")
+    if out:
+        click.echo(f"wrote {out}")
 
 
 @click.group()
@@ -35,3 +194,58 @@ def experiment() -> None:
     Example:
       hpatk experiment backbones --data cache.h5 --backbones resnet50,inceptionv4 --out t1
     """
+
+
+def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers",
+                                 ctx=ctx, param=param) from None
+
+
+@experiment.command("backbones")
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="Dataset folder (a cache per size is built) or a cache .h5 (its size only).")
+@click.option("--backbones", default="inceptionv4,xception,inceptionv3,densenet121,resnet50,"
+              "resnet101,nasnet_mobile", show_default=True, help="Comma-separated backbones.")
+@click.option("--sizes", callback=_ints, default="256,512", show_default=True,
+              help="Comma-separated input sizes.")
+@click.option("--folds", type=int, default=5, show_default=True)
+@click.option("--fold-subset", callback=_ints, help="Train only these folds, e.g. 0,1.")
+@click.option("--epochs", type=int, default=35, show_default=True)
+@click.option("--classes", default="all", show_default=True, help="all, top5 or indices.")
+@click.option("--aug", default="classic", show_default=True)
+@click.option("--loss", default="focal", show_default=True)
+@click.option("--head", type=click.Choice(["default", "paper"]), default="default",
+              show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int] | None,
+              out: str, **options: Any) -> None:
+    """Table 1: macro F1 per backbone and size, mean +- sd over folds.
+
+    Every backbone x size trains on the same folds (OUT/folds.csv) with the paper's
+    recipe; runs go to OUT/runs/<backbone>_<size>/fold_K (finished ones are reused,
+    interrupted ones resumed). Writes OUT/table1.md, table1.csv, table1.png, results.csv.
+
+    \b
+    Example:
+      hpatk experiment backbones --data data --backbones resnet50,inceptionv4 \\
+          --sizes 256,512 --folds 5 --fold-subset 0,1 --epochs 35 --out table1
+    """
+    from hpatk.core.experiment import run_backbones
+    from hpatk.core.train_config import TrainConfig
+
+    names = [b.strip() for b in backbones.split(",") if b.strip()]
+    base = TrainConfig(data=data, out=out, **options)
+    run_backbones(base, names, sizes, out, fold_subset=fold_subset)
+    click.echo((Path(out) / "table1.md").read_text())

@@ -64,3 +64,36 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise HpatkError(f"checkpoint '{path}' is not an hpatk checkpoint (no 'kind' of "
                          f"{', '.join(CHECKPOINT_KINDS)})")
     return obj
+
+
+def build_classifier(ckpt: dict[str, Any] | str | os.PathLike[str]) -> Any:
+    """The classifier ``nn.Module`` a checkpoint describes, weights loaded, in eval mode.
+
+    The backbone comes from the registry (``ckpt["model"]``: backbone, num_classes,
+    in_chans, kwargs), built without pretrained weights, then ``state_dict`` is loaded
+    strictly. The module maps normalised float (B, in_chans, S, S) to logits (B, K);
+    normalisation (``ckpt["normalize"]``) is the caller's (export bakes it in).
+
+    Args:
+        ckpt: a checkpoint dict from :func:`load_checkpoint`, or a path to one.
+    """
+    from hpatk.core.registry import get_registry
+
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    if ckpt.get("kind") != "classifier":
+        raise HpatkError(f"checkpoint is a '{ckpt.get('kind')}', not a classifier")
+    spec = ckpt.get("model") or {}
+    try:
+        model = get_registry().backbones.create(
+            spec["backbone"], num_classes=int(spec["num_classes"]),
+            in_chans=int(spec["in_chans"]), pretrained=None, **dict(spec.get("kwargs") or {}))
+    except KeyError as exc:
+        raise HpatkError(f"classifier checkpoint lacks model field {exc}") from exc
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HpatkError(f"classifier checkpoint weights do not fit backbone "
+                         f"'{spec['backbone']}': {first}") from exc
+    return model.eval()

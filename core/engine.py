@@ -1,0 +1,457 @@
+"""The training engine: the paper's recipe as a resumable loop writing a run folder.
+
+``train(cfg)`` trains one fold (or every fold in turn with ``fold="all"``): Adam,
+``lr = lr0 * exp(-lr_decay * epoch)``, a batch size doubled every N epochs, a registered
+loss (focal by default), classic augmentation batch-wise on the device, AMP and
+channels_last on CUDA. Each epoch writes ``metrics.csv``, ``last.pt`` and whichever of
+``best_loss.pt`` / ``best_macro_f1.pt`` / ``best_micro_f1.pt`` improved; at the end,
+thresholds are tuned on the validation fold with the best macro-F1 model and
+``report.md`` is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hpatk.core.batching import (
+    BatchPrep,
+    EpochBatchSampler,
+    channel_stats,
+    infer,
+    make_loader,
+)
+from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
+from hpatk.core.classes import CLASS_NAMES
+from hpatk.core.errors import HpatkError
+from hpatk.core.progress import progress
+from hpatk.core.registry import get_registry
+from hpatk.core.run import (
+    BEST,
+    read_metrics,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_metrics,
+    write_thresholds,
+)
+from hpatk.core.train_config import RESUME_SAFE, TrainConfig, write_config
+from hpatk.core.version import __version__
+from torch import nn
+
+
+class TrainingDiverged(HpatkError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# -- small pieces the benchmark and tests reuse -------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HpatkError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def amp_setup(device: torch.device, amp: bool) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, GradScaler or None): bf16 where supported, else fp16 with
+    a scaler; nothing on CPU."""
+    if not amp or device.type != "cuda":
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def train_epoch(model: nn.Module, loader: Any, prep: BatchPrep, loss_fn: nn.Module,
+                optimizer: torch.optim.Optimizer, *, scaler: Any = None,
+                amp_dtype: torch.dtype | None = None, desc: str = "",
+                check_every: int | None = None) -> float:
+    """One pass over ``loader``; returns the mean training loss per sample.
+
+    The loss is summed on the device and checked for NaN/inf every ``check_every``
+    steps (1 on CPU; on CUDA less often, to avoid a sync per step).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    device = prep.device
+    check_every = check_every or (1 if device.type == "cpu" else 25)
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    it = progress(loader, desc=desc, unit="batch") if desc else loader
+    for step, (images, targets) in enumerate(it, 1):
+        x = prep(images, train=True)
+        y = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        n += len(y)
+        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            raise TrainingDiverged(f"training loss is {float(loss_sum)} at step {step}")
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"training loss is {float(loss_sum)}")
+    return float(loss_sum) / max(n, 1)
+
+
+def classification_metrics(targets: np.ndarray, probs: np.ndarray,
+                           thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    """Macro F1, micro F1 and element-wise accuracy of ``probs >= thresholds``."""
+    y = (targets > 0.5).astype(np.uint8)
+    return predicted_metrics(y, (probs >= np.asarray(thresholds)).astype(np.uint8))
+
+
+def predicted_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Macro F1, micro F1 and element-wise accuracy of 0/1 predictions (N, K)."""
+    from hpatk.core.metrics import accuracy, macro_f1, micro_f1
+
+    return {"macro_f1": float(macro_f1(y_true, y_pred)),
+            "micro_f1": float(micro_f1(y_true, y_pred)),
+            "accuracy": float(accuracy(y_true, y_pred))}
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
+                pretrained: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone from the registry and its checkpoint ``model`` spec."""
+    kwargs = dict(cfg.backbone_params)
+    if cfg.head != "default":
+        kwargs["head"] = cfg.head
+    reg = get_registry()
+    try:
+        model = reg.backbones.create(cfg.backbone, num_classes=num_classes, in_chans=in_chans,
+                                     pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise HpatkError(f"--backbone {cfg.backbone}: does not accept these options "
+                         f"({', '.join(kwargs) or 'none'}): {exc}") from exc
+    spec = {"backbone": reg.backbones.canonical(cfg.backbone), "num_classes": num_classes,
+            "in_chans": in_chans, "kwargs": kwargs}
+    return model, spec
+
+
+def build_augment(cfg: TrainConfig) -> nn.Module | None:
+    """The classic augmentation module (``--aug gan`` adds GAN samples *and* uses the
+    classic augmentation on every batch), or None for ``--aug none``."""
+    if cfg.aug == "none":
+        return None
+    name = "classic" if cfg.aug == "gan" else cfg.aug
+    aug = get_registry().augmentations.create(name, **cfg.aug_params)
+    if not isinstance(aug, nn.Module):
+        raise HpatkError(f"--aug {cfg.aug}: '{name}' is not a batch augmentation (nn.Module)")
+    return aug
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in
+            model.state_dict().items()}
+
+
+# -- the run -----------------------------------------------------------------------------
+@dataclass
+class FoldResult:
+    """What one fold's training produced."""
+
+    run_dir: Path
+    fold: int
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+
+
+def train(cfg: TrainConfig, *, resume: bool = False,
+          overrides: dict[str, Any] | None = None) -> list[FoldResult]:
+    """Train ``cfg`` into ``cfg.out`` (one fold, or ``RUN/fold_K`` for each fold).
+
+    Args:
+        resume: continue from ``last.pt`` (each fold's, with ``fold="all"``).
+        overrides: settings given explicitly alongside ``resume``; only ``RESUME_SAFE``
+            ones may differ from the run's ``config.yaml``.
+    """
+    from hpatk.core.train_data import plan_data, write_run_folds
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if not cfg.out:
+        raise HpatkError("--out is required (the run folder)")
+    if resume:
+        cfg = _resume_config(cfg, out, overrides or {})
+    elif (out / "last.pt").exists() or any(out.glob("fold_*/last.pt")):
+        raise HpatkError(f"--out '{out}' already holds a run; pass --resume to continue it "
+                         f"or choose another folder")
+    reg = get_registry()  # unknown names fail before anything is written
+    reg.backbones.get(cfg.backbone)
+    reg.losses.get(cfg.loss)
+    if cfg.aug not in ("none", "gan"):
+        reg.augmentations.get(cfg.aug)
+    out.mkdir(parents=True, exist_ok=True)
+    folds_csv = out / "folds.csv"
+    plan = plan_data(cfg, folds_csv if resume and folds_csv.exists() else None)
+    # record what the cache decided (size, enhancement, stains): the replayable settings
+    cfg = cfg.replace(size=plan.size, enhance=str(plan.enhance.get("name")),
+                      enhance_params={k: v for k, v in plan.enhance.items() if k != "name"},
+                      in_stains=list(plan.stains))
+    info = {"hpatk_version": __version__, "cache": str(plan.path),
+            "cache_fingerprint": str(plan.meta.get("fingerprint", "")),
+            "images": int(len(plan.rows))}
+    write_config(cfg, out / "config.yaml", extra=info)
+    write_run_folds(plan, folds_csv)
+    results = []
+    for fold in cfg.fold_list():
+        fold_dir = out / f"fold_{fold}" if cfg.fold == "all" else out
+        if cfg.fold == "all":
+            write_config(cfg.replace(fold=fold, out=str(fold_dir)), fold_dir / "config.yaml",
+                         extra=info)
+        results.append(_train_fold(cfg, plan, fold, fold_dir,
+                                   resume=resume and (fold_dir / "last.pt").exists()))
+    if cfg.fold == "all":
+        write_fold_summary(out, results)
+    return results
+
+
+def _resume_config(cfg: TrainConfig, out: Path, overrides: dict[str, Any]) -> TrainConfig:
+    from hpatk.core.train_config import read_config
+
+    if not (out / "config.yaml").exists():
+        raise HpatkError(f"--resume: '{out}' has no config.yaml; nothing to resume")
+    saved = read_config(out / "config.yaml")
+    for key, value in overrides.items():
+        if key not in RESUME_SAFE and getattr(saved, key) != value:
+            raise HpatkError(f"--resume: --{key.replace('_', '-')} {value} differs from the "
+                             f"run's {getattr(saved, key)}; drop it or start a new --out")
+    safe = {k: v for k, v in overrides.items() if k in RESUME_SAFE}
+    return saved.replace(**{**safe, "out": str(out)})
+
+
+class _Fold:
+    """State of one fold's training; methods are the steps of :func:`_train_fold`."""
+
+    def __init__(self, cfg: TrainConfig, plan: Any, fold: int, run_dir: Path) -> None:
+        self.cfg, self.plan, self.fold, self.run_dir = cfg, plan, fold, run_dir
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype, self.scaler = amp_setup(self.device, cfg.amp)
+        self.classes = list(plan.classes)
+        self.class_names = [CLASS_NAMES[c] for c in self.classes]
+
+    def checkpoint(self, model: nn.Module, epoch: int, metrics: dict[str, float],
+                   thresholds: list[float] | None = None) -> dict[str, Any]:
+        return {"kind": "classifier", "format": 1, "hpatk_version": __version__,
+                "model": self.spec, "state_dict": state_dict_cpu(model),
+                "classes": self.classes, "class_names": self.class_names,
+                "stains": list(self.plan.stains), "size": int(self.plan.size),
+                "enhance": dict(self.plan.enhance), "normalize": self.normalize,
+                "thresholds": thresholds, "epoch": int(epoch), "metrics": dict(metrics),
+                "fold": self.fold, "config": self.cfg.replace(fold=self.fold).to_dict()}
+
+
+def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
+                resume: bool) -> FoldResult:
+    from hpatk.core.train_data import fold_datasets
+
+    st = _Fold(cfg, plan, fold, run_dir)
+    device = st.device
+    seed_everything(cfg.seed)
+    train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic=cfg.aug == "gan")
+    last = load_checkpoint(run_dir / "last.pt") if resume else None
+    in_chans = len(plan.stains)
+    model, st.spec = build_model(cfg, len(st.classes), in_chans,
+                                 pretrained=None if last else cfg.pretrained)
+    if last is not None:
+        st.normalize = last["normalize"]
+    else:
+        real = train_ds.datasets[0] if n_syn else train_ds
+        mean, std = channel_stats(real, stain_index=plan.stain_index)
+        st.normalize = {"mean": mean, "std": std}
+    model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    loss_fn = get_registry().losses.create(cfg.loss, **cfg.loss_params).to(device)
+    prep = BatchPrep(st.normalize["mean"], st.normalize["std"], stain_index=plan.stain_index,
+                     device=device, channels_last=cfg.channels_last and device.type == "cuda",
+                     augment=build_augment(cfg))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay = cfg.lr_decay
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.exp(-decay * e))
+    workers = _workers(cfg, device)
+    pin = device.type == "cuda"
+    train_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size_at(0), seed=cfg.seed)
+    train_loader = make_loader(train_ds, train_sampler, workers=workers, pin_memory=pin,
+                               seed=cfg.seed)
+    val_sampler = EpochBatchSampler(len(val_ds), max(cfg.max_batch_size, cfg.batch_size),
+                                    shuffle=False)
+    val_loader = make_loader(val_ds, val_sampler, workers=workers, pin_memory=pin, seed=cfg.seed)
+
+    best: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, float]] = []
+    start = 0
+    if last is not None:
+        model.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["optimizer"])
+        scheduler.load_state_dict(last["scheduler"])
+        if st.scaler is not None and last.get("scaler"):
+            st.scaler.load_state_dict(last["scaler"])
+        set_rng_state(last["rng"])
+        best = {k: dict(v) for k, v in last["best"].items()}
+        rows = [dict(r) for r in last["history"]]
+        start = int(last["epoch"])
+        if last["batch_size"] != cfg.batch_size_at(start - 1):
+            raise HpatkError(f"--resume: last.pt batch size {last['batch_size']} does not "
+                             f"match the schedule; the run's config.yaml was edited")
+    write_metrics(run_dir / "metrics.csv", rows)  # drops rows of an epoch that did not finish
+
+    fold_txt = f"fold {fold}: "
+    if start == 0:
+        print(f"{fold_txt}{len(train_ds)} training images"
+              f"{f' ({n_syn} synthetic)' if n_syn else ''}, {len(val_ds)} validation, "
+              f"{len(st.classes)} classes, {cfg.backbone} on {device}", file=sys.stderr)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.monotonic()
+        bs = cfg.batch_size_at(epoch)
+        train_sampler.set_epoch(epoch, bs)
+        lr = optimizer.param_groups[0]["lr"]
+        desc = f"{fold_txt}epoch {epoch + 1}/{cfg.epochs}"
+        try:
+            train_loss = train_epoch(model, train_loader, prep, loss_fn, optimizer,
+                                     scaler=st.scaler, amp_dtype=st.amp_dtype, desc=desc)
+        except TrainingDiverged as exc:
+            kept = (f"the last good checkpoint is '{run_dir / 'last.pt'}' (epoch {epoch})"
+                    if rows else "no checkpoint was written")
+            raise TrainingDiverged(f"{desc}: {exc}; run stopped, {kept}") from None
+        scheduler.step()
+        res = infer(model, val_loader, prep, loss_fn=loss_fn, amp_dtype=st.amp_dtype)
+        if res.loss is None or not math.isfinite(res.loss):
+            raise TrainingDiverged(f"{desc}: validation loss is {res.loss}; run stopped, "
+                                   f"the last good checkpoint is kept")
+        m = classification_metrics(res.targets, res.probs)
+        row = {"epoch": epoch + 1, "lr": float(lr), "batch_size": bs,
+               "train_loss": train_loss, "val_loss": float(res.loss),
+               "val_macro_f1": m["macro_f1"], "val_micro_f1": m["micro_f1"],
+               "val_accuracy": m["accuracy"], "time": time.monotonic() - t0}
+        rows.append(row)
+        metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
+        ckpt = None
+        for name, (key, larger) in BEST.items():
+            prev = best.get(name, {}).get(key)
+            if prev is None or (row[key] > prev if larger else row[key] < prev):
+                best[name] = {"epoch": epoch + 1, **metrics}
+                ckpt = ckpt or st.checkpoint(model, epoch + 1, metrics)
+                save_checkpoint(ckpt, run_dir / f"{name}.pt")
+        full = st.checkpoint(model, epoch + 1, metrics)
+        full.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    scaler=st.scaler.state_dict() if st.scaler is not None else None,
+                    rng=rng_state(), batch_size=bs, best=best, history=rows)
+        save_checkpoint(full, run_dir / "last.pt")
+        write_metrics(run_dir / "metrics.csv", rows)
+        print(f"{desc}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
+              f"macro_f1 {row['val_macro_f1']:.4f} micro_f1 {row['val_micro_f1']:.4f} "
+              f"acc {row['val_accuracy']:.4f} ({row['time']:.0f}s)", file=sys.stderr)
+    del train_loader, val_loader
+    return _finish(st, rows, best, val_ds, prep, workers)
+
+
+def _workers(cfg: TrainConfig, device: torch.device) -> int:
+    """``--workers``, or 0 on CPU (the model is the bottleneck; spawn costs seconds) and
+    up to 8 spawn workers on CUDA."""
+    if cfg.workers is not None:
+        return int(cfg.workers)
+    return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, Any]],
+            val_ds: Any, prep: BatchPrep, workers: int) -> FoldResult:
+    """Tune thresholds with the best macro-F1 model on the validation fold; write
+    ``thresholds.json`` (and into ``best_macro_f1.pt``) and ``report.md``."""
+    from hpatk.core.checkpoint import build_classifier
+    from hpatk.core.metrics import apply_thresholds, per_class_f1, tune_thresholds
+    from hpatk.core.report import write_report
+
+    run_dir, cfg = st.run_dir, st.cfg
+    best_path = run_dir / "best_macro_f1.pt"
+    ckpt = load_checkpoint(best_path)
+    model = build_classifier(ckpt).to(st.device)
+    if cfg.channels_last and st.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    prep.augment = None
+    loader = make_loader(val_ds, EpochBatchSampler(len(val_ds), cfg.max_batch_size,
+                                                   shuffle=False),
+                         workers=workers, pin_memory=st.device.type == "cuda", seed=cfg.seed)
+    res = infer(model, loader, prep, amp_dtype=st.amp_dtype)
+    y = (res.targets > 0.5).astype(np.uint8)
+    thr = np.asarray(tune_thresholds(y, res.probs), dtype=np.float64)
+    f1 = per_class_f1(y, (res.probs >= 0.5).astype(np.uint8))
+    # what predict does with the thresholds: at least one label per image
+    pred_t = np.asarray(apply_thresholds(res.probs, thr, at_least_one=True), dtype=np.uint8)
+    f1_t = per_class_f1(y, pred_t)
+    at_half = classification_metrics(res.targets, res.probs)
+    tuned = predicted_metrics(y, pred_t)
+    write_thresholds(run_dir / "thresholds.json", st.classes, st.class_names, thr.tolist(),
+                     checkpoint="best_macro_f1.pt", epoch=int(ckpt["epoch"]), fold=st.fold,
+                     macro_f1_at_0_5=round(at_half["macro_f1"], 6),
+                     macro_f1_tuned=round(tuned["macro_f1"], 6),
+                     note="tuned on the validation fold (F1-optimal per class)")
+    ckpt["thresholds"] = [float(t) for t in thr]
+    save_checkpoint(ckpt, best_path)
+    settings = {"backbone": cfg.backbone, "head": cfg.head, "classes": cfg.classes,
+                "size": st.plan.size, "stains": ",".join(st.plan.stains),
+                "enhance": st.plan.enhance.get("name"), "aug": cfg.aug, "loss": cfg.loss,
+                "fold": f"{st.fold} of {cfg.folds}", "epochs": f"{len(rows)} of {cfg.epochs}",
+                "lr": cfg.lr, "batch": f"{cfg.batch_size} (x2 every {cfg.batch_double_every}, "
+                f"max {cfg.max_batch_size})", "device": str(st.device),
+                "train / val images": f"{len(st.plan.split(st.fold)[0])} / {len(val_ds)}"}
+    best_tuned = {**{f"{k}.pt": v for k, v in best.items()},
+                  "best_macro_f1.pt, tuned thresholds": {
+        "epoch": int(ckpt["epoch"]), "val_macro_f1": tuned["macro_f1"],
+        "val_micro_f1": tuned["micro_f1"], "val_accuracy": tuned["accuracy"]}}
+    write_report(run_dir, title=f"hpatk run: {cfg.backbone}, fold {st.fold}", rows=rows,
+                 settings=settings, best=best_tuned, class_names=st.class_names, f1=list(f1),
+                 f1_tuned=list(f1_t), thresholds=thr.tolist(),
+                 support=y.sum(0).astype(int).tolist())
+    return FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows))
+
+
+def write_fold_summary(out: Path, results: list[FoldResult]) -> None:
+    """``summary.md`` / ``summary.csv``: each fold's best validation metrics, mean +- sd."""
+    import csv
+
+    from hpatk.core.io import atomic_open
+
+    keys = ("val_macro_f1", "val_micro_f1", "val_accuracy")
+    rows = [{"fold": r.fold, "epoch": r.best["best_macro_f1"]["epoch"],
+             **{k: r.best["best_macro_f1"][k] for k in keys}} for r in results]
+    with atomic_open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["fold", "epoch", *keys])
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["# Cross-validation summary (best macro-F1 checkpoint per fold)", "",
+             "| fold | epoch | macro F1 | micro F1 | accuracy |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['fold']} | {r['epoch']} | {r['val_macro_f1']:.4f} | "
+              f"{r['val_micro_f1']:.4f} | {r['val_accuracy']:.4f} |" for r in rows]
+    stats = [np.array([r[k] for r in rows]) for k in keys]
+    lines.append("| mean +- sd | | " + " | ".join(
+        f"{s.mean():.4f} +- {s.std(ddof=1) if len(s) > 1 else 0.0:.4f}" for s in stats) + " |")
+    with atomic_open(out / "summary.md", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """``metrics.csv`` of a run folder, as rows."""
+    return read_metrics(Path(run_dir) / "metrics.csv")

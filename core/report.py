@@ -1,0 +1,126 @@
+"""``report.md`` of a run, with its plots (matplotlib, Agg): training curves and the
+per-class F1 of the best macro-F1 model on the validation fold."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpatk.core.io import atomic_open, atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> Path:
+    """Loss, F1/accuracy and learning rate / batch size per epoch, one PNG."""
+    plt = _pyplot()
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    ax[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
+    ax[0].set(title="loss", xlabel="epoch")
+    ax[0].legend()
+    for key, label in (("val_macro_f1", "macro F1"), ("val_micro_f1", "micro F1"),
+                       ("val_accuracy", "accuracy")):
+        ax[1].plot(ep, [r[key] for r in rows], "o-", label=label)
+    ax[1].set(title="validation metrics (threshold 0.5)", xlabel="epoch", ylim=(0, 1))
+    ax[1].legend()
+    ax[2].plot(ep, [r["lr"] for r in rows], "o-", color="C3")
+    ax[2].set(title="learning rate (line) / batch size (bars)", xlabel="epoch")
+    twin = ax[2].twinx()
+    twin.bar(ep, [r["batch_size"] for r in rows], alpha=0.2, color="C4")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(names: Sequence[str], f1: Sequence[float], path: str | os.PathLike[str],
+                   f1_tuned: Sequence[float] | None = None, title: str = "") -> Path:
+    """Horizontal bars of per-class F1 (at 0.5, and with tuned thresholds if given)."""
+    import numpy as np
+
+    plt = _pyplot()
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * k + 1.4))
+    y = np.arange(k)
+    h = 0.4 if f1_tuned is not None else 0.8
+    ax.barh(y - (h / 2 if f1_tuned is not None else 0), f1, height=h, label="threshold 0.5")
+    if f1_tuned is not None:
+        ax.barh(y + h / 2, f1_tuned, height=h, label="tuned thresholds")
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, list(names))
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="F1", title=title or "per-class F1 (validation)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_report(run_dir: str | os.PathLike[str], *, title: str, rows: list[dict[str, float]],
+                 settings: dict[str, Any], best: dict[str, dict[str, Any]],
+                 class_names: Sequence[str], f1: Sequence[float], f1_tuned: Sequence[float],
+                 thresholds: Sequence[float], support: Sequence[int],
+                 notes: Sequence[str] = ()) -> Path:
+    """Write ``report.md``, ``curves.png`` and ``per_class_f1.png`` into ``run_dir``.
+
+    Args:
+        best: checkpoint name -> {"epoch": int, metric: value, ...}.
+        f1, f1_tuned, thresholds, support: per class, in ``class_names`` order.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"# {title}", ""]
+    if rows:
+        plot_curves(rows, run_dir / "curves.png")
+    plot_per_class(class_names, f1, run_dir / "per_class_f1.png", f1_tuned)
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    lines += ["", "## Checkpoints", "",
+              "| checkpoint | epoch | val loss | macro F1 | micro F1 | accuracy |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, m in best.items():
+        lines.append(f"| {name} | {m.get('epoch', '')} | {_fmt(m.get('val_loss', ''))} | "
+                     f"{_fmt(m.get('val_macro_f1', ''))} | {_fmt(m.get('val_micro_f1', ''))} | "
+                     f"{_fmt(m.get('val_accuracy', ''))} |")
+    lines += ["", "Metrics on the validation fold at threshold 0.5.", ""]
+    if rows:
+        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
+    lines += ["## Per-class F1 (best macro-F1 model, validation fold)", "",
+              "![per-class F1](per_class_f1.png)", "",
+              "| class | support | F1 @0.5 | threshold | F1 @threshold |",
+              "|---|---:|---:|---:|---:|"]
+    for n, s, a, t, b in zip(class_names, support, f1, thresholds, f1_tuned, strict=True):
+        lines.append(f"| {n} | {s} | {a:.3f} | {t:.2f} | {b:.3f} |")
+    lines += ["", "Thresholds are tuned on this same fold, so the tuned column is optimistic.",
+              ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if rows:
+        lines += ["## Epochs", "", "| epoch | lr | batch | train loss | val loss | macro F1 | "
+                  "micro F1 | accuracy | time (s) |", "|---:" * 9 + "|"]
+        for r in rows:
+            lines.append(f"| {r['epoch']} | {r['lr']:.2e} | {r['batch_size']} | "
+                         f"{r['train_loss']:.4f} | {r['val_loss']:.4f} | {r['val_macro_f1']:.4f} "
+                         f"| {r['val_micro_f1']:.4f} | {r['val_accuracy']:.4f} | {r['time']:.1f} |")
+    path = run_dir / "report.md"
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,114 @@
+"""The run folder: ``metrics.csv``, ``thresholds.json``, RNG state for resume.
+
+Layout (DESIGN.md)::
+
+    RUN/config.yaml  metrics.csv  folds.csv  best_loss.pt  best_macro_f1.pt
+        best_micro_f1.pt  last.pt  thresholds.json  report.md  *.png
+    RUN/fold_K/...   (one such folder per fold with ``--fold all``)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from hpatk.core.errors import HpatkError
+from hpatk.core.io import atomic_open
+
+METRIC_COLUMNS = ("epoch", "lr", "batch_size", "train_loss", "val_loss", "val_macro_f1",
+                  "val_micro_f1", "val_accuracy", "time")
+CHECKPOINT_NAMES = ("best_macro_f1", "best_loss", "best_micro_f1", "last")
+# checkpoint file -> (metric it tracks, True if larger is better)
+BEST = {"best_loss": ("val_loss", False), "best_macro_f1": ("val_macro_f1", True),
+        "best_micro_f1": ("val_micro_f1", True)}
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """Rows of ``metrics.csv`` as dicts of floats (``epoch``/``batch_size`` as ints)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            d: dict[str, Any] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for k in ("epoch", "batch_size"):
+                if k in d:
+                    d[k] = int(d[k])
+            rows.append(d)
+    return rows
+
+
+def write_metrics(path: str | os.PathLike[str], rows: list[dict[str, float]]) -> None:
+    """Rewrite ``metrics.csv`` atomically (it is small: one row per epoch)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_thresholds(path: str | os.PathLike[str], classes: list[int], names: list[str],
+                     thresholds: list[float], **info: Any) -> None:
+    """``thresholds.json``: per-class decision thresholds and how they were tuned."""
+    d = {"classes": classes, "class_names": names,
+         "thresholds": [round(float(t), 6) for t in thresholds], **info}
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
+
+
+def read_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HpatkError(f"thresholds '{path}' cannot be read: {exc}") from exc
+
+
+# -- RNG state, stored as tensors/lists so that weights_only loads accept it -------------
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states as plain data."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

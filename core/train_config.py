@@ -1,0 +1,190 @@
+"""Training settings: one dataclass, written to ``RUN/config.yaml`` and replayable.
+
+Cheap to import (no torch): the CLI builds a :class:`TrainConfig` before any heavy import.
+The defaults are the paper's recipe (Adam, lr 5e-4 decaying as ``exp(-0.01 * epoch)``,
+batch 32 doubled every 15 epochs up to 128, 35 epochs, 5-fold CV, focal loss gamma 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpatk.core.classes import NUM_CLASSES, TOP5
+from hpatk.core.errors import HpatkError
+
+# Settings that may change when a run is resumed: they do not alter what is computed.
+RESUME_SAFE = frozenset({"data", "cache_dir", "epochs", "workers", "device", "out"})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (one fold, or all folds in turn).
+
+    ``fold`` is an int in ``[0, folds)`` or ``"all"``. ``size``/``enhance`` left as None
+    are taken from the cache; the resolved values are what ``config.yaml`` records.
+    """
+
+    data: str = ""
+    out: str = ""
+    backbone: str = "inceptionv4"
+    backbone_params: dict[str, Any] = field(default_factory=dict)
+    head: str = "default"
+    pretrained: str | None = None
+    aug: str = "classic"
+    aug_params: dict[str, Any] = field(default_factory=dict)
+    loss: str = "focal"
+    loss_params: dict[str, Any] = field(default_factory=lambda: {"gamma": 2.0})
+    folds: int = 5
+    fold: int | str = 0
+    folds_file: str | None = None
+    epochs: int = 35
+    size: int | None = None
+    classes: str = "all"
+    in_stains: list[str] | None = None
+    enhance: str | None = None
+    enhance_params: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    lr: float = 5e-4
+    lr_decay: float = 0.01
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    batch_double_every: int = 15
+    max_batch_size: int = 128
+    workers: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    seed: int = 0
+
+    # -- schedule ----------------------------------------------------------------------
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of ``lr`` at 0-based ``epoch``: ``exp(-lr_decay * epoch)``."""
+        return math.exp(-self.lr_decay * epoch)
+
+    def batch_size_at(self, epoch: int) -> int:
+        """Batch size at 0-based ``epoch``: doubled every ``batch_double_every`` epochs,
+        capped at ``max_batch_size`` (32, 64, 128 at epochs 0, 15, 30 by default)."""
+        if self.batch_double_every <= 0:
+            return self.batch_size
+        grown = self.batch_size * 2 ** (epoch // self.batch_double_every)
+        return max(self.batch_size, min(grown, self.max_batch_size))
+
+    def class_indices(self) -> tuple[int, ...]:
+        """The class indices this run predicts, in order (``all``, ``top5`` or ``0,25,2``)."""
+        return parse_classes(self.classes)
+
+    def fold_list(self) -> list[int]:
+        """The folds this run trains: ``[fold]`` or every fold for ``"all"``."""
+        return list(range(self.folds)) if self.fold == "all" else [int(self.fold)]
+
+    # -- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict, naming ``source`` and the key on unknown settings."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HpatkError(f"{source}: unknown setting '{unknown[0]}' "
+                             f"(known: {', '.join(sorted(known))})")
+        cfg = cls(**d)
+        cfg.validate(source)
+        return cfg
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def validate(self, source: str = "options") -> None:
+        """Check ranges and enumerations; one clear line naming the setting."""
+        def bad(name: str, why: str) -> HpatkError:
+            return HpatkError(f"{source}: {name} {why}")
+
+        if self.folds < 2:
+            raise bad("folds", f"must be at least 2, not {self.folds}")
+        if self.fold != "all":
+            try:
+                self.fold = int(self.fold)
+            except (TypeError, ValueError):
+                raise bad("fold", f"must be an integer or 'all', not '{self.fold}'") from None
+            if not 0 <= self.fold < self.folds:
+                raise bad("fold", f"must be in 0..{self.folds - 1}, not {self.fold}")
+        for name in ("epochs", "batch_size", "max_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, f"must be positive, not {getattr(self, name)}")
+        if self.max_batch_size < self.batch_size:
+            raise bad("max_batch_size", f"({self.max_batch_size}) is below batch_size "
+                      f"({self.batch_size})")
+        if not self.lr > 0:
+            raise bad("lr", f"must be positive, not {self.lr}")
+        if self.size is not None and int(self.size) < 16:
+            raise bad("size", f"must be at least 16 px, not {self.size}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise bad("device", f"must be auto, cpu or cuda, not '{self.device}'")
+        if self.head not in ("default", "paper"):
+            raise bad("head", f"must be 'default' or 'paper', not '{self.head}'")
+        if self.workers is not None and int(self.workers) < 0:
+            raise bad("workers", f"must be >= 0, not {self.workers}")
+        parse_classes(self.classes)
+
+
+def parse_classes(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """``all`` -> 0..27, ``top5`` -> the paper's five, ``"0,25,2"`` -> those indices."""
+    if isinstance(spec, (list, tuple)):
+        items = [str(s) for s in spec]
+    elif spec == "all":
+        return tuple(range(NUM_CLASSES))
+    elif spec == "top5":
+        return TOP5
+    else:
+        items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    try:
+        idx = tuple(int(s) for s in items)
+    except ValueError:
+        raise HpatkError(f"--classes must be 'all', 'top5' or class indices like '0,25,2', "
+                         f"not '{spec}'") from None
+    if not idx or len(set(idx)) != len(idx) or not all(0 <= i < NUM_CLASSES for i in idx):
+        raise HpatkError(f"--classes: '{spec}' must list distinct indices in 0..{NUM_CLASSES - 1}")
+    return idx
+
+
+def read_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a ``config.yaml`` written by :func:`write_config`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise HpatkError(f"config '{path}' does not exist")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise HpatkError(f"config '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(d, dict):
+        raise HpatkError(f"config '{path}' must be a mapping of settings")
+    d = d.get("train", d)  # a future file may nest settings; accept both
+    return TrainConfig.from_dict(d, source=f"config '{path}'")
+
+
+def write_config(cfg: TrainConfig, path: str | os.PathLike[str],
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write every setting (plus ``extra`` provenance under ``_info``) atomically."""
+    import yaml
+    from hpatk.core.io import atomic_open
+
+    d = cfg.to_dict()
+    text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+    if extra:
+        info = yaml.safe_dump({"_info": extra}, sort_keys=False)
+        text += "# provenance (ignored on replay)\n" + "\n".join(
+            "# " + line for line in info.splitlines()) + "\n"
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)

@@ -1,0 +1,187 @@
+"""What a training run reads: the cache (built or reused), the class subset, the folds,
+and the datasets of one fold (real, plus GAN samples of that fold with ``--aug gan``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hpatk.core.classes import STAINS
+from hpatk.core.errors import HpatkError
+from hpatk.core.train_config import TrainConfig
+
+
+@dataclass
+class DataPlan:
+    """A cache and how a run splits it.
+
+    Attributes:
+        rows: cache rows used (those with at least one label among ``classes``), (M,).
+        folds: fold of each used row, (M,).
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    ids: list[str]
+    labels: np.ndarray  # (N, 28) uint8, every real row of the cache
+    classes: tuple[int, ...]
+    rows: np.ndarray
+    folds: np.ndarray
+    cache_stains: list[str]
+    stains: list[str]
+    size: int
+    enhance: dict[str, Any]
+
+    def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, validation rows) of ``fold``, as cache row indices."""
+        return self.rows[self.folds != fold], self.rows[self.folds == fold]
+
+    @property
+    def stain_index(self) -> list[int] | None:
+        """Channels to take from the cache, or None for all of them in order."""
+        idx = [self.cache_stains.index(s) for s in self.stains]
+        return None if idx == list(range(len(self.cache_stains))) else idx
+
+
+def enhance_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The enhancement config (``{"name": ..., **params}``) a cache records."""
+    enh = meta.get("enhance")  # the cache records the enhancer's config() dict
+    if isinstance(enh, dict):
+        return dict(enh)
+    if isinstance(enh, str):
+        params = meta.get("enhance_params") or {}
+        return {"name": enh, **(params if isinstance(params, dict) else {})}
+    return {"name": "none"}
+
+
+def open_cache(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
+    """Build or reuse the cache for ``cfg.data``; check it agrees with the options."""
+    from hpatk.core.cache import ensure_cache, read_cache_meta
+
+    data = Path(cfg.data)
+    if not cfg.data:
+        raise HpatkError("--data is required (a cache .h5 or a dataset folder)")
+    if not data.exists():
+        raise HpatkError(f"--data '{data}' does not exist")
+    if data.is_file():
+        path = Path(ensure_cache(data))
+        meta = read_cache_meta(path)
+        size = int(meta.get("size", 0))
+        if cfg.size is not None and int(cfg.size) != size:
+            raise HpatkError(f"--size {cfg.size}: cache '{path}' holds {size} px images; pass "
+                             f"the dataset folder or build a cache with --size {cfg.size}")
+        enh = enhance_of(meta)
+        if cfg.enhance is not None and cfg.enhance != enh.get("name"):
+            raise HpatkError(f"--enhance {cfg.enhance}: cache '{path}' was enhanced with "
+                             f"'{enh.get('name')}'; pass the dataset folder to rebuild it")
+        return path, meta
+    kw: dict[str, Any] = dict(enhance=cfg.enhance or "clahe",
+                              enhance_params=cfg.enhance_params or None,
+                              size=int(cfg.size or 512), cache_dir=cfg.cache_dir)
+    path = Path(ensure_cache(data, **kw))
+    return path, read_cache_meta(path)
+
+
+def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None) -> DataPlan:
+    """Open the cache and assign folds (multilabel-stratified on the used classes,
+    deterministic for ``cfg.seed``), or read them from ``folds_csv``."""
+    from hpatk.core.cache import cache_ids, cache_labels
+
+    path, meta = open_cache(cfg)
+    labels = np.asarray(cache_labels(path))
+    ids = [str(i) for i in cache_ids(path)]
+    classes = cfg.class_indices()
+    rows = np.flatnonzero(labels[:, list(classes)].any(axis=1))
+    if len(rows) < cfg.folds * 2:
+        raise HpatkError(f"--data '{cfg.data}': only {len(rows)} images carry one of the "
+                         f"{len(classes)} selected classes; too few for {cfg.folds} folds")
+    source = folds_csv or cfg.folds_file
+    if source:
+        folds = _folds_from_file(source, [ids[i] for i in rows], cfg.folds)
+    else:
+        from hpatk.core.folds import make_folds
+
+        folds = np.asarray(make_folds(labels[rows][:, list(classes)], k=cfg.folds,
+                                      seed=cfg.seed)).astype(int)
+    cache_stains = [str(s) for s in meta.get("stains", STAINS)]
+    stains = list(cfg.in_stains) if cfg.in_stains else list(cache_stains)
+    missing = [s for s in stains if s not in cache_stains]
+    if missing:
+        raise HpatkError(f"--in-stains: cache '{path}' has no stain '{missing[0]}' "
+                         f"(it has {', '.join(cache_stains)})")
+    return DataPlan(path=path, meta=meta, ids=ids, labels=labels, classes=classes, rows=rows,
+                    folds=folds, cache_stains=cache_stains, stains=stains,
+                    size=int(meta.get("size", cfg.size or 0)), enhance=enhance_of(meta))
+
+
+def _folds_from_file(path: str | os.PathLike[str], ids: list[str], k: int) -> np.ndarray:
+    from hpatk.core.folds import read_folds
+
+    table = _as_fold_map(read_folds(path))
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise HpatkError(f"folds file '{path}' has no row for Id '{missing[0]}' "
+                         f"({len(missing)} missing)")
+    folds = np.array([table[i] for i in ids], dtype=int)
+    if folds.min() < 0 or folds.max() >= k:
+        raise HpatkError(f"folds file '{path}' has folds outside 0..{k - 1}")
+    return folds
+
+
+def _as_fold_map(obj: Any) -> dict[str, int]:
+    """``read_folds`` may return a dict Id -> fold or (ids, folds); accept both."""
+    if isinstance(obj, dict):
+        return {str(k): int(v) for k, v in obj.items()}
+    ids, folds = obj
+    return {str(i): int(f) for i, f in zip(ids, folds, strict=True)}
+
+
+def write_run_folds(plan: DataPlan, path: str | os.PathLike[str]) -> None:
+    """``folds.csv`` (Id,fold) of the rows this run uses."""
+    from hpatk.core.folds import write_folds
+
+    write_folds(path, [plan.ids[i] for i in plan.rows], plan.folds.tolist())
+
+
+def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tuple[Any, Any, int]:
+    """Training and validation datasets of ``fold``.
+
+    With ``synthetic``, the training set adds the cache's GAN samples whose provenance
+    fold is ``fold`` or None (never samples generated from another fold's training data,
+    which may have seen this fold's validation images).
+
+    Returns:
+        (train dataset, validation dataset, number of synthetic samples added).
+    """
+    from hpatk.core.cache import CacheDataset
+    from torch.utils.data import ConcatDataset
+
+    train_rows, val_rows = plan.split(fold)
+    classes = list(plan.classes)
+    train = CacheDataset(plan.path, indices=train_rows, classes=classes)
+    val = CacheDataset(plan.path, indices=val_rows, classes=classes)
+    if not synthetic:
+        return train, val, 0
+    syn_rows = synthetic_rows(plan, fold)
+    if len(syn_rows) == 0:
+        raise HpatkError(f"--aug gan: cache '{plan.path}' has no synthetic samples for fold "
+                         f"{fold} and classes {classes}; run hpatk gan train/sample first")
+    syn = CacheDataset(plan.path, indices=syn_rows, synthetic="only", classes=classes)
+    return ConcatDataset([train, syn]), val, len(syn_rows)
+
+
+def synthetic_rows(plan: DataPlan, fold: int) -> np.ndarray:
+    """Rows of the synthetic group usable for training ``fold`` (see :func:`fold_datasets`)."""
+    from hpatk.core.cache import synthetic_info
+
+    info = synthetic_info(plan.path)
+    n = len(info.get("class_index", []))
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    cls = np.asarray(info["class_index"], dtype=int)
+    prov = np.asarray(info["fold"], dtype=int)  # -1 = None
+    ok = ((prov == fold) | (prov < 0)) & np.isin(cls, plan.classes)
+    return np.flatnonzero(ok)

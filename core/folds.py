@@ -37,9 +37,12 @@ def make_folds(targets: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
         raise DataError(f"targets must be a (N, K) matrix, got shape {y.shape}")
     if not 2 <= k <= len(y):
         raise DataError(f"--k must be between 2 and the number of images ({len(y)}), not {k}")
+    y = (y > 0).astype(int)
+    if y.shape[1] == 1:  # sklearn calls one column "binary"; its complement changes nothing
+        y = np.hstack([y, 1 - y])
     folds = np.full(len(y), -1, np.int64)
     mskf = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for i, (_, val) in enumerate(mskf.split(np.zeros((len(y), 1)), (y > 0).astype(int))):
+    for i, (_, val) in enumerate(mskf.split(np.zeros((len(y), 1)), y)):
         folds[val] = i
     return folds
 

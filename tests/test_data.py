@@ -207,6 +207,14 @@ def test_missing_stain_file_named(kaggle):
     assert "train.csv line 3" in msg and "\n" not in msg
     # green, red, blue only (as in the paper): the missing yellow does not matter
     assert len(read_kaggle(kaggle, stains=("green", "red", "blue"))) == 3
+    out = kaggle.parent / "folds.csv"
+    res = _run("data", "folds", str(kaggle), "--k", "2", "--out", str(out))
+    assert res.exit_code == 1 and "stain yellow: stain file not found" in res.output
+    assert not out.exists()
+    res = _run("data", "folds", str(kaggle), "--k", "2", "--out", str(out),
+               "--stains", "green,red,blue")
+    assert res.exit_code == 0, res.output
+    assert out.exists()
 
 
 def test_missing_csv_and_folders(tmp_path, kaggle):

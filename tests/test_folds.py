@@ -67,6 +67,16 @@ def test_deterministic_for_a_seed(targets):
     assert (make_folds(targets, 5, seed=2) != a).any()
 
 
+def test_one_column_and_unlabelled_rows():
+    # One class (a GAN's class subset) and rows without any label in the chosen columns.
+    y = np.zeros((40, 1), np.uint8)
+    y[:12] = 1
+    folds = make_folds(y, k=4, seed=0)
+    assert np.bincount(folds).tolist() == [10] * 4
+    assert [int(y[folds == f].sum()) for f in range(4)] == [3] * 4
+    assert np.bincount(make_folds(np.zeros((12, 3)), k=3)).tolist() == [4, 4, 4]
+
+
 def test_bad_k(targets):
     with pytest.raises(DataError, match="--k must be between 2 and the number of images"):
         make_folds(targets[:3], k=4)

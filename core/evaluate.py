@@ -166,9 +166,9 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
     if checkpoint not in names:
         raise HpatkError(f"--checkpoint must be one of {', '.join(names)}, not '{checkpoint}'")
     if cfg.fold == "all":
-        folds = cfg.fold_list() if fold is None else [fold]
-        if fold is not None and fold not in folds and fold not in range(cfg.folds):
+        if fold is not None and fold not in range(cfg.folds):
             raise HpatkError(f"--fold {fold}: the run has folds 0..{cfg.folds - 1}")
+        folds = cfg.fold_list() if fold is None else [fold]
         dirs = {k: run / f"fold_{k}" for k in folds}
     else:
         if fold is not None and fold != cfg.fold:

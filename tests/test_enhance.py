@@ -131,6 +131,18 @@ class TestEqualizeClahe:
         for i in range(5):
             assert torch.equal(batched[i], clahe_levels(planes[i:i + 1], 2.0, (4, 4))[0])
 
+    def test_chunked_batches(self, device, monkeypatch):
+        """Large batches are processed in chunks of planes: same bytes as OpenCV."""
+        from hpatk.plugins.enhance import functional
+
+        monkeypatch.setattr(functional, "_CHUNK_PIXELS", {device.type: 3 * 61 * 67})
+        monkeypatch.setattr(functional, "_CHUNK_PIXELS_DEFAULT", 3 * 61 * 67)
+        planes = microscopy_like(8, 61, 67, seed=15)
+        x = torch.from_numpy(planes).to(device)
+        assert np.array_equal(clahe_levels(x, 2.0, (4, 8)).cpu().numpy(),
+                              cv2_clahe(planes, 2.0, (4, 8)))
+        assert np.array_equal(equalize_hist_levels(x).cpu().numpy(), cv2_he(planes))
+
     def test_empty_batch(self, device):
         x = torch.zeros(0, 4, 16, 16, device=device)
         assert equalize_clahe(x).shape == x.shape

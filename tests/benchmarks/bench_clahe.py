@@ -7,8 +7,8 @@ Backends (all on the same uint8 images, clip 2, 8 x 8 tiles unless told otherwis
 - ``cv2_internal_threads``: the same loop with OpenCV's own threads (``cv2.setNumThreads``).
 - ``hpatk_opencv_pool``: the ``clahe`` plugin's CPU path (``apply_uint8``): OpenCV per
   plane over our thread pool; ``hpatk_opencv_1thread``: the same with ``threads=1``.
-- ``hpatk_torch_cpu_b1_1thread`` / ``_batch``: our OpenCV-exact torch kernel on the CPU,
-  one image per call on one thread / all images in one call on all threads.
+- ``hpatk_torch_cpu_b1_1thread`` / ``_batch_1thread`` / ``_batch``: our OpenCV-exact torch
+  kernel on the CPU, one image per call / all images in one call, on one thread / all.
 - ``kornia_cpu_b1_1thread`` / ``_batch``: ``kornia.enhance.equalize_clahe`` on float
   [0, 1] input, likewise.
 - with CUDA: ``hpatk_torch_cuda_batch`` (images already on the GPU),
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lambda: np.stack([plugin_1thread.apply_uint8(img) for img in images]), 1, None),
         "hpatk_torch_cpu_b1_1thread": (
             torch_threads(1, per_image(lambda t: clahe_levels(t, clip, grid), x_u8)), 1, None),
+        "hpatk_torch_cpu_batch_1thread": (
+            torch_threads(1, lambda: clahe_levels(x_u8, clip, grid)), 1, None),
         "hpatk_torch_cpu_batch": (
             torch_threads(cpus, lambda: clahe_levels(x_u8, clip, grid)), cpus, None),
     }

@@ -39,9 +39,11 @@ def pretrained_source(pretrained: str | bool | None) -> tuple[str, str | None]:
     return "hub", text
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 240) -> str:
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    line = text.splitlines()[0] if text else ""
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
 def build_with_pretrained(build: Callable[..., nn.Module], model_name: str,

@@ -664,27 +664,29 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
 
     Args:
         path: the cache file.
-        indices: rows to expose, in this order (e.g. a fold's training rows). With
-            ``synthetic="only"`` they index the synthetic rows (see :func:`synthetic_info`);
-            with ``"with"`` the real rows, all synthetic rows (filtered by
-            ``synthetic_fold``) following them.
+        indices: rows to expose, in this order (e.g. a fold's training rows): real rows,
+            or with ``synthetic="only"`` synthetic rows.
         synthetic: False (real images only, the default), "with" (real then synthetic) or
             "only". True means "with".
         as_float: images as float32 in [0, 1] instead of uint8.
         classes: label columns of the target, in order (e.g. ``TOP5``); None = all 28.
-        synthetic_fold: keep only synthetic batches whose generator trained on this fold.
+        synthetic_indices: synthetic rows to expose with ``"with"`` (default: all). Synthetic
+            rows are numbered as in :func:`synthetic_info`.
+        synthetic_fold: keep only synthetic samples whose generator trained on this fold.
 
     Attributes:
         labels: (len, 28) uint8 of the exposed rows. ids, sources: lists (len,).
         meta: :func:`read_cache_meta` of the file. batches: the synthetic batches used.
 
     Shape:
-        image: (C, S, S) uint8 (or float32); target: (K,) float32.
+        image: (C, S, S) uint8 (or float32); target: (K,) float32. ``ds[list_of_indices]``
+        returns a whole batch: (B, C, S, S), (B, K).
     """
 
     def __init__(self, path: str | os.PathLike[str], indices: Sequence[int] | None = None, *,
                  synthetic: bool | str = False, as_float: bool = False,
                  classes: Sequence[int] | None = None,
+                 synthetic_indices: Sequence[int] | None = None,
                  synthetic_fold: int | None = None) -> None:
         import numpy as np
 
@@ -692,20 +694,22 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
             synthetic = "with"
         if synthetic not in (False, None, "with", "only"):
             raise HpatkError(f"synthetic must be False, 'with' or 'only', not {synthetic!r}")
+        if synthetic == "only" and indices is not None and synthetic_indices is not None:
+            raise HpatkError("synthetic='only': give the rows as indices or "
+                             "synthetic_indices, not both")
         self.path = Path(path)
         self.as_float = bool(as_float)
         self.synthetic = synthetic or False
         with _open_h5(self.path) as f:
             try:
                 self.meta = _meta_of(f, self.path)
-                batches = [b for b in self.meta["synthetic"]
-                           if synthetic_fold is None or b["fold"] == synthetic_fold]
+                batches = self.meta["synthetic"]
                 real = (f["labels"][()], _strings(f["ids"]), _strings(f["source"]))
-                syn_labels = [f[_SYN][b["batch"]]["labels"][()] for b in batches]
+                syn_labels = ([f[_SYN][b["batch"]]["labels"][()] for b in batches]
+                              if self.synthetic else [])
             except (KeyError, OSError, ValueError) as exc:
                 raise HpatkError(f"{self.path}: damaged cache ({_h5_reason(exc)})") from None
         self.segments = ["images"] + [f"{_SYN}/{b['batch']}/images" for b in batches]
-        self.batches = batches if self.synthetic else []
         keys, rows, labels, ids, sources = [], [], [], [], []
         if self.synthetic != "only":
             sel = _check_indices(indices, len(real[1]), self.path, "real")
@@ -714,20 +718,26 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
             labels.append(real[0][sel])
             ids += [real[1][i] for i in sel]
             sources += [real[2][i] for i in sel]
+        self.batches: list[dict[str, Any]] = []
         if self.synthetic:
             k = np.concatenate([np.full(b["n"], j + 1, np.int32) for j, b in enumerate(batches)]
                                or [np.zeros(0, np.int32)])
             r = np.concatenate([np.arange(b["n"]) for b in batches] or [np.zeros(0, np.int64)])
             lab = np.concatenate(syn_labels or [np.zeros((0, NUM_CLASSES), np.uint8)])
-            names = [f"{b['batch']}/{i}" for b in batches for i in range(b["n"])]
-            if self.synthetic == "only" and indices is not None:
-                sel = _check_indices(indices, len(r), self.path, "synthetic")
-                k, r, lab, names = k[sel], r[sel], lab[sel], [names[i] for i in sel]
+            sel = _check_indices(synthetic_indices if synthetic_indices is not None or
+                                 self.synthetic == "with" else indices, len(r), self.path,
+                                 "synthetic")
+            if synthetic_fold is not None:
+                folds = np.array([-1] + [-1 if b["fold"] is None else b["fold"]
+                                         for b in batches])
+                sel = sel[folds[k[sel]] == int(synthetic_fold)]
+            k, r, lab = k[sel], r[sel], lab[sel]
+            self.batches = [batches[j - 1] for j in sorted(set(k.tolist()))]
             keys.append(k)
             rows.append(r)
             labels.append(lab)
-            ids += [f"{_SYN}/{n}" for n in names]
-            sources += [_SYN] * len(names)
+            ids += [f"{_SYN}/{batches[a - 1]['batch']}/{b}" for a, b in zip(k, r, strict=True)]
+            sources += [_SYN] * len(k)
         self._key = np.concatenate(keys).astype(np.int32)
         self._row = np.concatenate(rows).astype(np.int64)
         self.labels: np.ndarray = np.concatenate(labels).astype(np.uint8)
@@ -818,9 +828,13 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
         t = torch.from_numpy(images)
         return t.float().div_(255.0) if self.as_float else t
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
         import torch
 
+        if not isinstance(i, (int, np.integer)) and np.ndim(i) == 1:
+            return self.read_batch(i)  # the batch_size=None + BatchSampler pattern
+        i = int(i)
         n = len(self._key)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} samples")
@@ -861,6 +875,35 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
     def __repr__(self) -> str:
         return (f"CacheDataset('{self.path}', n={len(self)}, synthetic={self.synthetic!r}, "
                 f"classes={self.classes})")
+
+
+def cache_loader(ds: CacheDataset, batch_size: int, *, shuffle: bool = False,
+                 sampler: Iterable[int] | None = None, drop_last: bool = False,
+                 num_workers: int = 0, generator: torch.Generator | None = None,
+                 **kwargs: Any) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``ds`` that reads each batch with one call and hands it over as
+    is (``batch_size=None`` + ``BatchSampler``): no per-sample collation, no extra copy.
+
+    Args:
+        ds: the dataset.
+        batch_size: samples per batch.
+        shuffle: random order (``generator`` seeds it); or pass ``sampler`` (e.g. a
+            ``DistributedSampler``; call its ``set_epoch`` as usual).
+        drop_last: drop the last incomplete batch.
+        num_workers: DataLoader worker processes; 0 is often fastest with a cache.
+        **kwargs: passed to ``DataLoader`` (``pin_memory``, ``multiprocessing_context``...).
+
+    Shape:
+        yields (B, C, S, S) uint8 (float32 with ``as_float``) and (B, K) float32.
+    """
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    if sampler is not None and shuffle:
+        raise HpatkError("cache_loader: give shuffle=True or a sampler, not both")
+    if sampler is None:
+        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    return DataLoader(ds, batch_size=None, num_workers=num_workers,
+                      sampler=BatchSampler(sampler, batch_size, drop_last), **kwargs)
 
 
 def _check_indices(indices: Sequence[int] | None, n: int, path: Path, what: str) -> np.ndarray:

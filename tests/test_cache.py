@@ -165,6 +165,30 @@ def test_relabelled_row_rebuilds(data, tmp_path, capsys):
     assert list(np.flatnonzero(cache_labels(out)[0])) == [27]
 
 
+def test_concurrent_builders_build_once(data, tmp_path, capsys):
+    """DDP ranks calling ensure_cache together: one builds, the others wait and reuse."""
+    import threading
+
+    out = tmp_path / "c.h5"
+    errors: list[BaseException] = []
+
+    def rank() -> None:
+        try:
+            build_cache(data, out, size=32, workers=0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    err = capsys.readouterr().err
+    assert not errors
+    assert err.count("building ") == 1 and err.count("cache up to date") == 2
+    assert read_cache_meta(out)["n"] == 96
+
+
 def test_unusable_existing_file_is_rebuilt(data, tmp_path, capsys):
     out = tmp_path / "c.h5"
     out.write_bytes(b"not an hdf5 file at all")

@@ -22,6 +22,7 @@ from hpatk.core.cache import (
     CacheDataset,
     add_synthetic,
     cache_labels,
+    cache_loader,
     read_cache_meta,
     remove_synthetic,
     synthetic_info,
@@ -106,6 +107,25 @@ def test_dataloader_workers_return_identical_bytes(synth_cache, context):
     assert torch.equal(ds[3][0], torch.from_numpy(images[3]))  # parent handle still fine
 
 
+def test_cache_loader_reads_whole_batches(synth_cache):
+    images = _images(synth_cache)
+    ds = CacheDataset(synth_cache, classes=TOP5)
+    xb, yb = ds[[4, 2, 9]]  # a list of indices is a batch
+    assert xb.shape == (3, 4, 64, 64) and yb.shape == (3, 5)
+    assert torch.equal(xb[1], torch.from_numpy(images[2]))
+    got = list(cache_loader(ds, 10, num_workers=2, multiprocessing_context="fork"))
+    assert [len(x) for x, _ in got] == [10] * 9 + [6]
+    np.testing.assert_array_equal(torch.cat([x for x, _ in got]).numpy(), images)
+    np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(),
+                                  ds.labels[:, list(TOP5)])
+    shuffled = cache_loader(ds, 16, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(0))
+    seen = [x for x, _ in shuffled]
+    assert len(seen) == 6 and not torch.equal(seen[0], torch.from_numpy(images[:16]))
+    with pytest.raises(HpatkError, match="not both"):
+        cache_loader(ds, 4, shuffle=True, sampler=range(3))
+
+
 # --------------------------------------------------------------------------- synthetic
 def test_synthetic_round_trip_and_exclusion(cache):
     rng = np.random.default_rng(1)
@@ -129,7 +149,14 @@ def test_synthetic_round_trip_and_exclusion(cache):
     assert torch.equal(only[6][1], torch.tensor([0, 1, 0, 0, 0], dtype=torch.float32))
     assert only.ids[0] == "synthetic/batch-000001/0"
     fold2 = CacheDataset(cache, synthetic="only", synthetic_fold=2)
-    assert len(fold2) == 5
+    assert len(fold2) == 5 and [b["batch"] for b in fold2.batches] == ["batch-000001"]
+    mixed = CacheDataset(cache, [0, 1], synthetic="with", synthetic_indices=[7, 5],
+                         classes=TOP5)  # a fold's real rows plus chosen synthetic rows
+    assert mixed.ids[:2] == real.ids[:2] and mixed.sources == ["kaggle"] * 2 + ["synthetic"] * 2
+    assert torch.equal(mixed[2][0], torch.from_numpy(b[2])) and mixed.labels[2, 25] == 1
+    assert len(CacheDataset(cache, synthetic="with", synthetic_fold=2)) == 96 + 5
+    assert len(CacheDataset(cache, synthetic="only", synthetic_indices=[0, 5],
+                            synthetic_fold=2)) == 1  # numbering stays synthetic_info's
     picked = CacheDataset(cache, [6, 0], synthetic="only")
     assert torch.equal(picked[0][0], torch.from_numpy(b[1]))
 

@@ -24,8 +24,15 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
               help="Classifiers: input size in pixels [default: the training size].")
 @click.option("--no-verify", is_flag=True,
               help="Skip the parity check against PyTorch (onnx.checker still runs).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Classifiers: write an int8 (QDQ) model, calibrated on --calibration.")
+@click.option("--calibration", type=click.Path(exists=True), default=None,
+              help="Training images for --quantize: a dataset folder or a cache (.h5).")
+@click.option("--calibration-n", type=click.IntRange(1), default=64, show_default=True,
+              help="Calibration images drawn at random from --calibration.")
 def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabilities: bool,
-           size: int | None, no_verify: bool) -> None:
+           size: int | None, no_verify: bool, quantize: str | None, calibration: str | None,
+           calibration_n: int) -> None:
     """Export a trained checkpoint (classifier or generator) to ONNX.
 
     The checkpoint's kind picks the exporter. A classifier takes float images
@@ -38,6 +45,8 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabili
     \b
     Example:
       hpatk export run1/best_macro_f1.pt --out model.onnx
+      hpatk export run1/best_macro_f1.pt --out int8.onnx --quantize int8 \\
+          --calibration hpa-data
       hpatk export gan/class0/generator.pt --out gen0.onnx --dynamo
     """
     from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
@@ -45,7 +54,8 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabili
     res = export_checkpoint(checkpoint, out, opset=opset,
                             exporter="dynamo" if dynamo else "legacy",
                             output="probabilities" if probabilities else "logits",
-                            size=size, verify=not no_verify)
+                            size=size, verify=not no_verify, quantize=quantize,
+                            calibration=calibration, calibration_n=calibration_n)
     mb = sum(f.stat().st_size for f in res.files) / 1e6
     click.echo(f"exported {res.kind}: {res.summary}")
     click.echo(f"  {', '.join(str(f) for f in res.files)} ({mb:.1f} MB), {res.exporter} "
@@ -57,6 +67,11 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabili
                    f"{res.max_abs_error:.2g} (rtol {RTOL:g}, atol {ATOL:g})")
     else:
         click.echo("  parity check skipped (--no-verify)")
+    if res.quantization:
+        q = res.quantization
+        click.echo(f"  int8: {q['method']}, {q['calibration_images']} calibration images from "
+                   f"{q['calibration_source']}; vs float on them: label agreement "
+                   f"{q['label_agreement']:.4f}, max |dp| {q['max_abs_prob_diff']:.3g}")
 
 
 @click.command()

@@ -9,7 +9,8 @@ output order), ``class_names``, ``thresholds`` (list or null), ``stains``,
 ``input_size``, ``enhance`` ({"name", **params}), ``normalize`` ({"mean", "std"}, baked
 into the graph), ``output`` ("logits" or "probabilities"), ``input_name``,
 ``output_name``, ``backbone``, ``trained_size``, ``hpatk_version``,
-``source_checkpoint``, ``source_sha256``, ``exporter``, ``opset``.
+``source_checkpoint``, ``source_sha256``, ``exporter``, ``opset``; int8 models also
+``quantization`` (method, calibration, agreement with the float model).
 Generator keys: ``kind`` ("generator"), ``class_index``, ``class_name``, ``stains``,
 ``image_size``, ``latent_dim``, ``enhance``, ``output_range`` and the provenance keys.
 """
@@ -29,7 +30,6 @@ METADATA_FORMAT = 1
 STRING_KEYS = frozenset({
     "kind", "output", "input_name", "output_name", "backbone", "hpatk_version",
     "source_checkpoint", "source_sha256", "exporter", "class_name", "output_range",
-    "quantization",
 })
 REQUIRED = {
     "classifier": ("classes", "class_names", "thresholds", "stains", "input_size", "enhance",

@@ -84,6 +84,7 @@ class ExportResult:
     summary: str
     parity: dict[int, dict[str, float]] | None  # batch -> {"max_abs", "max_rel"}
     seconds: float
+    quantization: dict[str, Any] | None = None  # int8: method, agreement with the float
 
     @property
     def max_abs_error(self) -> float | None:
@@ -114,7 +115,9 @@ def exporter_kinds() -> list[str]:
 def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
                       opset: int | None = None, exporter: str = "legacy",
                       output: str = "probabilities", size: int | None = None,
-                      verify: bool = True) -> ExportResult:
+                      verify: bool = True, quantize: str | None = None,
+                      calibration: str | os.PathLike[str] | None = None,
+                      calibration_n: int = 64) -> ExportResult:
     """Export an hpatk checkpoint (classifier or generator) to ONNX at ``out``.
 
     Args:
@@ -125,6 +128,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
         output: classifiers: ``"probabilities"`` (sigmoid in the graph) or ``"logits"``.
         size: classifiers: the input size (default: the checkpoint's training size).
         verify: run the PyTorch parity check (``onnx.checker`` always runs).
+        quantize: classifiers: ``"int8"`` writes an int8 (QDQ) model instead, calibrated
+            on ``calibration`` (after the float model passed every check).
+        calibration: training images for ``quantize``: a dataset folder or a cache.
+        calibration_n: how many calibration images.
 
     Returns:
         An :class:`ExportResult`.
@@ -150,6 +157,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
                          f"(known: {', '.join(exporter_kinds())})")
     spec = _EXPORTERS[kind](ckpt, ExportOptions(output=output, size=size))
     spec.module.eval()
+    calib = _calibration(quantize, calibration, calibration_n, kind, spec.metadata)
     if verify:  # first: fail fast, before a possibly slow trace
         x, refs = reference_outputs(spec)
     opset = DEFAULT_OPSET[exporter] if opset is None else int(opset)
@@ -163,17 +171,60 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     }
     _set_metadata(proto, meta)
     proto.doc_string = f"hpatk {kind}: {spec.summary}"
-    parity = None
+    parity = quant = None
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=_parent(out)) as tmp:
         staged = _save(proto, Path(tmp) / out.name)
         del proto  # large models: do not hold two copies while ORT loads one
         _check(staged[0])
         if verify:
             parity = verify_parity(spec, staged[0], x, refs)
+        if calib is not None:
+            staged, quant = _quantized(staged[0], Path(tmp) / "int8", calib, meta, calibration)
         files = _move_into_place(staged, out.parent)
     return ExportResult(path=out, files=files, kind=kind, exporter=exporter, opset=opset,
                         metadata=meta, summary=spec.summary, parity=parity,
-                        seconds=time.monotonic() - start)
+                        seconds=time.monotonic() - start, quantization=quant)
+
+
+def _calibration(quantize: str | None, data: str | os.PathLike[str] | None, n: int,
+                 kind: str, meta: dict[str, Any]) -> np.ndarray | None:
+    """Calibration images for ``--quantize`` (read before the export: fail fast)."""
+    from hpatk.export.quantize import QUANTIZE, calibration_images
+
+    if quantize is None:
+        if data is not None:
+            raise HpatkError("--calibration is only used with --quantize int8")
+        return None
+    if quantize not in QUANTIZE:
+        raise HpatkError(f"--quantize must be one of {', '.join(QUANTIZE)}, not '{quantize}'")
+    if kind != "classifier":
+        raise HpatkError(f"--quantize applies to classifiers, not to a {kind}")
+    if data is None:
+        raise HpatkError("--quantize int8 needs --calibration DATA (training images: a "
+                         "dataset folder or a cache) to calibrate activation ranges")
+    if n < 1:
+        raise HpatkError(f"--calibration-n must be at least 1, not {n}")
+    return calibration_images(data, meta, n=n)
+
+
+def _quantized(float_path: Path, folder: Path, images: np.ndarray, meta: dict[str, Any],
+               source: str | os.PathLike[str] | None) -> tuple[list[Path], dict[str, Any]]:
+    """Quantize the checked float model; check the result and compare it with the float."""
+    import onnx
+    from hpatk.export.quantize import compare_models, quantize_int8
+
+    folder.mkdir()
+    dst = folder / float_path.name
+    info = quantize_int8(float_path, dst, images, meta["input_name"])
+    info.update(compare_models(float_path, dst, images, meta["input_name"], meta["output"],
+                               meta["thresholds"]))
+    info["calibration_source"] = Path(str(source)).name
+    model = onnx.load(str(dst))
+    meta["quantization"] = info
+    _set_metadata(model, meta)
+    onnx.save_model(model, dst)
+    _check(dst)
+    return [dst], info
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -230,3 +230,87 @@ def test_predict_strict_refuses_cpu_fallback(data, model, tmp_path):
     assert r.exit_code == 0 and sub.is_file()
     assert "warning: CUDAExecutionProvider requested (--provider cuda) but not loaded" in r.output
     assert "ONNX Runtime providers: CPUExecutionProvider" in r.output
+
+
+def test_trained_model_end_to_end(data, tmp_path):
+    """hpatk train -> hpatk export (parity) -> hpatk predict: a correct Kaggle submission
+    on the CPU provider, and the ONNX probabilities equal hpatk evaluate's PyTorch ones."""
+    from hpatk.core.evaluate import predict_probs
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "resnet18",
+                                 "--epochs", "1", "--size", str(SIZE), "--aug", "none",
+                                 "--batch-size", "8", "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["export", str(run / "best_macro_f1.pt"), "--out",
+                                 str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "parity vs PyTorch" in r.output
+    sub = tmp_path / "sub.csv"
+    r = _invoke(tmp_path / "m.onnx", data, "--out", sub, "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "ONNX Runtime providers: CPUExecutionProvider" in r.output
+    rows = _read(sub)
+    assert rows[0] == ["Id", "Predicted"]
+    assert [row[0] for row in rows[1:]] == [row[0] for row in
+                                           _read(data / "sample_submission.csv")[1:]]
+    assert all(row[1] and all(0 <= int(c) < 28 for c in row[1].split()) for row in rows[1:])
+
+    r = _invoke(tmp_path / "m.onnx", data, "--split", "train", "--out", tmp_path / "t.csv",
+                "--probs", tmp_path / "p.csv", "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    ids, torch_probs = predict_probs(run / "best_macro_f1.pt", data)
+    _, onnx_ids, onnx_probs = _probs_csv(tmp_path / "p.csv")
+    np.testing.assert_allclose(onnx_probs[[onnx_ids.index(i) for i in ids]], torch_probs,
+                               rtol=1e-3, atol=1e-5)
+
+
+def test_export_int8(data, model, tmp_path):
+    """--quantize int8: QDQ integer convolutions calibrated on real images, close to the
+    float model, and served by the same predict path."""
+    import onnx
+    from hpatk.export import OnnxClassifier, export_checkpoint, read_metadata
+
+    ck_path, _, float_path = model
+    res = export_checkpoint(ck_path, tmp_path / "q.onnx", quantize="int8", calibration=data,
+                            calibration_n=8)
+    assert res.parity and res.max_abs_error < 1e-4  # the float model was verified first
+    q = read_metadata(res.path)["quantization"]
+    assert q["calibration_images"] == 8 and q["calibration_source"] == data.name
+    assert q["label_agreement"] > 0.9 and q == res.quantization
+    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert res.path.stat().st_size < 0.35 * float_path.stat().st_size  # int8 weights
+    x = np.random.default_rng(0).integers(0, 60, (3, 4, 64, 64), dtype=np.uint8)
+    p8 = OnnxClassifier(res.path, provider="cpu").predict_probs(x)
+    p32 = OnnxClassifier(float_path, provider="cpu").predict_probs(x)
+    assert np.abs(p8 - p32).max() < 0.2 and not np.array_equal(p8, p32)
+    r = _invoke(res.path, data, "--out", tmp_path / "s.csv", "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+
+
+def test_export_int8_options(data, model, tmp_path):
+    from hpatk.core.cache import build_cache
+    from hpatk.core.errors import HpatkError
+    from hpatk.export import export_checkpoint
+
+    ck_path, _, _ = model
+    out = tmp_path / "q.onnx"
+    with pytest.raises(HpatkError, match="needs --calibration"):
+        export_checkpoint(ck_path, out, quantize="int8")
+    with pytest.raises(HpatkError, match="only used with --quantize"):
+        export_checkpoint(ck_path, out, calibration=data)
+    generator_ckpt(tmp_path / "g.pt")
+    with pytest.raises(HpatkError, match="applies to classifiers"):
+        export_checkpoint(tmp_path / "g.pt", out, quantize="int8", calibration=data)
+    params = {k: v for k, v in ENHANCE.items() if k != "name"}
+    wrong = build_cache(data, tmp_path / "c48.h5", enhance="clahe", enhance_params=params,
+                        size=48, workers=1)
+    with pytest.raises(HpatkError, match="holds 48 px"):
+        export_checkpoint(ck_path, out, quantize="int8", calibration=wrong)
+    assert not out.exists()
+    right = build_cache(data, tmp_path / "c32.h5", enhance="clahe", enhance_params=params,
+                        size=SIZE, workers=1)
+    res = export_checkpoint(ck_path, out, quantize="int8", calibration=right,
+                            calibration_n=5, verify=False)
+    assert res.quantization["calibration_images"] == 5 and out.is_file()

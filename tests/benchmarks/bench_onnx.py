@@ -1,0 +1,172 @@
+"""Benchmark: ONNX Runtime (CPU provider) against PyTorch eager for exported classifiers.
+
+Each model is exported with ``hpatk.export.export_checkpoint`` (what ``hpatk export``
+ships: normalisation + model + sigmoid, legacy exporter, opset 17, parity-checked) and
+timed against the same module in PyTorch, in one process, interleaved, best of
+``--rounds``: torch NCHW under ``no_grad`` and torch ``channels_last`` under
+``inference_mode`` (the fastest eager configuration); the better of the two is "best
+torch". Both runtimes get the same thread count. The machine is shared: ratios hold
+better than absolute times.
+
+    python tests/benchmarks/bench_onnx.py          # inception_v4, resnet50; 512, 256; batch 1, 8
+    python tests/benchmarks/bench_onnx.py --quick   # inception_v4, 512 px, batch 1
+    python tests/benchmarks/bench_onnx.py --models resnet50 --sizes 256 --batches 1,8,16
+
+Prints one JSON object. ``ratio`` = ORT images/s / best-torch images/s for inception_v4
+at 512 px, batch 1 (the first measured configuration when that one is not selected);
+``parity_max_abs_error`` = the export's parity check (batch 1, 2 and 7) per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GOAL = 1.3
+MEAN = [0.08, 0.05, 0.06, 0.09]
+STD = [0.11, 0.08, 0.09, 0.12]
+
+
+def realistic_checkpoint(backbone: str, size: int, path: Path) -> dict[str, Any]:
+    """A classifier checkpoint whose random-init model has a trained model's statistics
+    (BatchNorm running stats from data, logits of std ~2): random-init deep nets are
+    constant in eval mode, and the parity check refuses those."""
+    import torch
+    from hpatk.core import __version__, get_registry
+    from hpatk.core.checkpoint import save_checkpoint
+    from hpatk.core.classes import CLASS_NAMES, STAINS
+
+    torch.manual_seed(0)
+    model = get_registry().backbones.create(backbone, num_classes=28, in_chans=4)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.momentum = None
+    calib = torch.randn(4, 4, min(size, 160), min(size, 160))  # normalised-like inputs
+    model.train()
+    with torch.no_grad():
+        model(calib)
+        model.eval()
+        head = model.get_classifier()
+        head.weight.mul_(2.0 / float(model(calib).std().clamp_min(1e-6)))
+    ckpt = {
+        "kind": "classifier", "format": 1, "hpatk_version": __version__,
+        "model": {"backbone": backbone, "num_classes": 28, "in_chans": 4, "kwargs": {}},
+        "state_dict": model.state_dict(), "classes": list(range(28)),
+        "class_names": list(CLASS_NAMES), "stains": list(STAINS), "size": size,
+        "enhance": {"name": "clahe", "clip_limit": 2.0, "grid_size": [8, 8]},
+        "normalize": {"mean": MEAN, "std": STD}, "thresholds": [0.5] * 28,
+    }
+    save_checkpoint(ckpt, path)
+    return ckpt
+
+
+def torch_variants(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """name -> callable(x numpy) for the two eager configurations of the exported graph."""
+    import torch
+    from hpatk.core.checkpoint import build_classifier
+    from hpatk.export.onnx import _classifier_graph
+
+    nchw = _classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
+    cl = _classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
+    cl = cl.to(memory_format=torch.channels_last)
+
+    def run_nchw(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return nchw(torch.from_numpy(x)).numpy()
+
+    def run_cl(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            return cl(t).numpy()
+
+    return {"torch_nchw": run_nchw, "torch_channels_last": run_cl}
+
+
+def best_times(fns: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, float]:
+    """Best seconds per call of each function, interleaved over ``rounds`` (+1 warm-up)."""
+    best = {name: float("inf") for name in fns}
+    for r in range(rounds + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(x)
+            dt = time.perf_counter() - t0
+            if r:  # round 0 warms caches, allocators and ORT's kernels
+                best[name] = min(best[name], dt)
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="inceptionv4,resnet50",
+                    help="hpatk backbone names, comma-separated")
+    ap.add_argument("--sizes", default="512,256")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both runtimes [default: all cores]")
+    ap.add_argument("--quick", action="store_true", help="inception_v4, 512 px, batch 1")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the .onnx files here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.sizes, args.batches = "inceptionv4", "512", "1"
+
+    import onnxruntime as ort
+    import torch
+    from hpatk.export import OnnxClassifier, export_checkpoint
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    rows, parity = [], {}
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bench_onnx."))
+    work.mkdir(parents=True, exist_ok=True)
+    for backbone in args.models.split(","):
+        for size in [int(s) for s in args.sizes.split(",")]:
+            ck = work / f"{backbone}_{size}.pt"
+            ckpt = realistic_checkpoint(backbone, size, ck)
+            t0 = time.perf_counter()
+            res = export_checkpoint(ck, work / f"{backbone}_{size}.onnx")
+            export_s = time.perf_counter() - t0
+            parity[f"{backbone}@{size}"] = res.max_abs_error
+            clf = OnnxClassifier(res.path, provider="cpu", threads=threads)
+            fns = torch_variants(ckpt)
+            fns["ort"] = lambda x, clf=clf: clf._run(x)
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = np.random.default_rng(batch).random((batch, 4, size, size), np.float32)
+                best = best_times(fns, x, args.rounds)
+                ms = {k: 1000 * v / batch for k, v in best.items()}
+                torch_best = min(ms["torch_nchw"], ms["torch_channels_last"])
+                rows.append({
+                    "model": backbone, "size": size, "batch": batch,
+                    "ms_per_image": {k: round(v, 2) for k, v in ms.items()},
+                    "ratio_vs_best_torch": round(torch_best / ms["ort"], 3),
+                    "ratio_vs_torch_nchw": round(ms["torch_nchw"] / ms["ort"], 3),
+                    "export_s": round(export_s, 1),
+                })
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            ck.unlink()
+    headline = next((r for r in rows if (r["model"], r["size"], r["batch"])
+                     == ("inceptionv4", 512, 1)), rows[0])
+    out = {
+        "benchmark": "onnxruntime CPU vs best torch eager (classifier export)",
+        "ratio": headline["ratio_vs_best_torch"],
+        "ratio_config": f"{headline['model']} {headline['size']} px batch {headline['batch']}",
+        "goal": GOAL, "goal_met": headline["ratio_vs_best_torch"] >= GOAL,
+        "parity_max_abs_error": parity, "results": rows, "threads": threads,
+        "rounds": args.rounds, "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

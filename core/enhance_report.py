@@ -12,7 +12,8 @@ Metric definitions, per image, on the 0..255 gray-level scale over all stains:
   population covariances, over the region the window fits in ("valid"), per stain, then
   averaged over stains -- the same numbers as ``skimage.metrics.structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
-  channel_axis=0)``. Computed with kornia's separable Gaussian filter (torch, any device).
+  channel_axis=0)``. On the CPU the Gaussian filtering is OpenCV's ``sepFilter2D`` (6x
+  less CPU time than a torch convolution in float64); on a GPU, kornia's separable filter.
 
 Heavy modules (torch, kornia, cv2, matplotlib) are imported inside functions.
 """
@@ -82,6 +83,37 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.T
     return (num / den).mean(dim=(-2, -1))
 
 
+def ssim_cpu(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndarray:
+    """:func:`ssim` on the CPU with OpenCV's separable filter, float64.
+
+    Shape:
+        (N, H, W), (N, H, W) -> (N,)
+    """
+    import cv2
+    import numpy as np
+
+    if x.shape != y.shape or x.ndim != 3:
+        raise HpatkError(f"ssim expects two (N, H, W) arrays of one shape, got {x.shape} and "
+                         f"{y.shape}")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise HpatkError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, "
+                         f"got {x.shape[-1]}x{x.shape[-2]}")
+    kernel = cv2.getGaussianKernel(SSIM_WINDOW, SSIM_SIGMA, cv2.CV_64F)
+    r = SSIM_WINDOW // 2
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+
+    def blur(m: np.ndarray) -> np.ndarray:  # the "valid" region: the border mode is moot
+        return cv2.sepFilter2D(m, cv2.CV_64F, kernel, kernel)[r:-r, r:-r]
+
+    out = np.empty(x.shape[0])
+    for i, (a, b) in enumerate(zip(x.astype(np.float64), y.astype(np.float64), strict=True)):
+        mx, my, xx, yy, xy = blur(a), blur(b), blur(a * a), blur(b * b), blur(a * b)
+        num = (2 * mx * my + c1) * (2 * (xy - mx * my) + c2)
+        den = (mx * mx + my * my + c1) * ((xx - mx * mx) + (yy - my * my) + c2)
+        out[i] = float((num / den).mean())
+    return out
+
+
 def image_metrics(original: np.ndarray, enhanced: np.ndarray, *, device: str = "cpu"
                   ) -> dict[str, float]:
     """MSE, PSNR (dB) and SSIM of ``enhanced`` against ``original`` (see the module doc).
@@ -89,7 +121,7 @@ def image_metrics(original: np.ndarray, enhanced: np.ndarray, *, device: str = "
     Args:
         original: uint8 image.
         enhanced: uint8 image of the same shape.
-        device: torch device for the arithmetic (float64).
+        device: "cpu" (numpy + OpenCV) or a torch device such as "cuda" (kornia); float64.
 
     Returns:
         ``{"mse": ..., "psnr": ..., "ssim": ...}``.
@@ -97,16 +129,23 @@ def image_metrics(original: np.ndarray, enhanced: np.ndarray, *, device: str = "
     Shape:
         (C, H, W), (C, H, W) -> three floats.
     """
-    import torch
+    import numpy as np
 
     if original.shape != enhanced.shape or original.ndim != 3:
         raise HpatkError(f"image_metrics expects two (C, H, W) images of one shape, got "
                          f"{original.shape} and {enhanced.shape}")
-    x = torch.from_numpy(original).to(device=device, dtype=torch.float64)
-    y = torch.from_numpy(enhanced).to(device=device, dtype=torch.float64)
-    mse = float((x - y).square().mean())
+    diff = original.astype(np.float64) - enhanced.astype(np.float64)
+    mse = float(np.mean(diff * diff))
     psnr = 10.0 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
-    return {"mse": mse, "psnr": psnr, "ssim": float(ssim(x, y).mean())}
+    if device == "cpu":
+        ssim_value = float(ssim_cpu(original, enhanced).mean())
+    else:
+        import torch
+
+        x = torch.from_numpy(original).to(device=device, dtype=torch.float64)
+        y = torch.from_numpy(enhanced).to(device=device, dtype=torch.float64)
+        ssim_value = float(ssim(x, y).mean())
+    return {"mse": mse, "psnr": psnr, "ssim": ssim_value}
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from hpatk.core.enhance_report import (
     image_metrics,
     mean_sd,
     ssim,
+    ssim_cpu,
     write_report,
 )
 from hpatk.core.errors import HpatkError
@@ -45,10 +46,17 @@ class TestMetrics:
         a, b = pair(shape, seed=shape[1])
         x = torch.from_numpy(a).to(device, torch.float64)
         y = torch.from_numpy(b).to(device, torch.float64)
-        per_plane = ssim(x, y).cpu().numpy()
+        per_plane = ssim(x, y).cpu().numpy()  # torch + kornia, any device
         expected = [sk_ssim(a[i:i + 1], b[i:i + 1]) for i in range(shape[0])]
         np.testing.assert_allclose(per_plane, expected, rtol=0, atol=1e-10)
         assert abs(float(ssim(x, x).mean()) - 1.0) < 1e-12
+        np.testing.assert_allclose(ssim_cpu(a, b), expected, rtol=0, atol=1e-10)  # OpenCV
+
+    def test_image_metrics_on_a_torch_device(self, device):
+        a, b = pair((4, 40, 36), seed=4)
+        on_device = image_metrics(a, b, device=str(device) if device.type != "cpu" else "cpu")
+        via_torch = float(ssim(torch.from_numpy(a).double(), torch.from_numpy(b).double()).mean())
+        assert on_device["ssim"] == pytest.approx(via_torch, abs=1e-12)
 
     def test_image_metrics_match_skimage(self):
         a, b = pair((4, 48, 56), seed=1)

@@ -158,7 +158,11 @@ def label_matrix(refs: Sequence[SampleRef], num_classes: int = NUM_CLASSES) -> n
 
 
 def safe_path(root: Path, name: str) -> Path:
-    """``root / name`` after checking that it stays inside ``root`` (no file is opened)."""
+    """``root / name`` after checking that it stays inside ``root`` (no file is opened).
+
+    The check is lexical (``..`` and absolute names), so a data folder that is itself a
+    symlink to another disk still works.
+    """
     root_abs = os.path.abspath(root)
     path = os.path.normpath(os.path.join(root_abs, name))
     if os.path.commonpath([root_abs, path]) != root_abs:

@@ -138,7 +138,7 @@ def make_synthetic(out: str | os.PathLike[str], n: int = 2000, size: int = 512, 
         seed: random seed; the same seed gives the same files.
         classes: ``"all"`` (28 classes) or ``"top5"`` (the paper's five classes).
         workers: processes; ``None`` picks one for small jobs, else the core count.
-        n_test: test images (default ``max(4, n // 10)``).
+        n_test: test images (default ``max(4, n // 10)``; 0 writes no test split).
         overwrite: replace an existing non-empty ``out``.
         preview: also write a contact sheet of a few training images to this PNG.
 
@@ -171,6 +171,8 @@ def make_synthetic(out: str | os.PathLike[str], n: int = 2000, size: int = 512, 
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; OUT should be a normal folder
         jobs = []
         for split, labels in (("train", train_labels), ("test", test_labels)):
+            if not labels:  # --n-test 0: no test split (a header-only CSV would be invalid)
+                continue
             (tmp / split).mkdir()
             ids = [synthetic_id(seed, split, i) for i in range(len(labels))]
             for i, (image_id, lab) in enumerate(zip(ids, labels, strict=True)):

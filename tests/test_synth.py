@@ -194,6 +194,12 @@ def test_refuses_a_non_empty_out_and_overwrites_on_request(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temp left behind
 
 
+def test_no_test_split(tmp_path):
+    out = make_synthetic(tmp_path / "d", n=5, size=16, n_test=0)
+    assert sorted(p.name for p in out.iterdir()) == ["train", "train.csv"]
+    assert [r.split for r in check_dataset(out)] == ["train"]
+
+
 def test_failure_leaves_nothing(tmp_path, monkeypatch):
     import hpatk.core.synth_cells as cells
 

@@ -1,0 +1,207 @@
+"""``hpatk gan train`` / ``hpatk gan sample`` end to end on the synthetic cache: the run
+folder, fold-aware training, samples stored apart from the real images with their
+provenance, PNG output, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hpatk.cli.main import cli
+from hpatk.core.cache import CacheDataset, cache_ids, cache_labels, read_cache_meta
+from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
+from hpatk.plugins.augment_gan.dcgan import DCGAN
+
+TINY = ["--size", "32", "--width", "2", "--steps", "4", "--batch-size", "8",
+        "--sample-every", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny models on a shared 2-core machine: one thread ran 4-10x faster than two.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _error_line(result) -> str:
+    lines = [ln for ln in result.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(synth_cache, tmp_path_factory):
+    """Class 0 and 25 GANs on the synthetic cache (32 px from the 64 px cache)."""
+    out = tmp_path_factory.mktemp("gans")
+    r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--class",
+                "Cytosol", "--out", out, *TINY)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_gan_is_a_plugin_command():
+    r = _invoke("gan", "--help")
+    assert r.exit_code == 0 and "train" in r.output and "sample" in r.output
+    for sub in ("train", "sample"):
+        r = _invoke("gan", sub, "--help")
+        assert r.exit_code == 0 and "Example:" in r.output
+
+
+def test_train_writes_a_folder_per_class(trained, synth_cache):
+    assert sorted(p.name for p in trained.iterdir()) == ["class_00", "class_25"]
+    d = trained / "class_25"
+    for name in ("generator.pt", "last.pt", "losses.csv", "losses.png", "samples_real.png",
+                 "samples_step_0.png", "samples_step_2.png", "samples_step_4.png"):
+        assert (d / name).is_file(), name
+    ckpt = load_checkpoint(d / "generator.pt")
+    labels = cache_labels(synth_cache)
+    assert ckpt["class_index"] == 25 and ckpt["class_name"] == "Cytosol"
+    assert ckpt["n_images"] == int(labels[:, 25].sum())
+    assert ckpt["model"] == {"latent_dim": 100, "channels": 4, "image_size": 32, "width": 2}
+    meta = read_cache_meta(synth_cache)
+    assert ckpt["stains"] == meta["stains"] and ckpt["enhance"] == meta["enhance"]
+    assert ckpt["cache_fingerprint"] == meta["fingerprint"] and ckpt["fold"] is None
+    with open(d / "losses.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_top_picks_the_most_populous_classes(synth_cache, tmp_path):
+    counts = cache_labels(synth_cache).sum(axis=0)
+    want = sorted(np.argsort(-counts, kind="stable")[:2].tolist())
+    r = _invoke("gan", "train", "--data", synth_cache, "--top", "2", "--out", tmp_path,
+                "--size", "16", "--width", "1", "--steps", "1", "--batch-size", "4",
+                "--sample-every", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert sorted(int(p.name[6:]) for p in tmp_path.iterdir()) == want
+
+
+def test_fold_training_uses_exactly_the_training_engines_rows(synth_cache, tmp_path):
+    """--fold K trains on the rows 'hpatk train --fold K' trains on (no leakage)."""
+    from hpatk.core.train_config import TrainConfig
+    from hpatk.core.train_data import plan_data
+    from hpatk.plugins.augment_gan import classdata
+
+    plan = plan_data(TrainConfig(data=str(synth_cache), folds=3, seed=2, classes="top5"))
+    train_rows, val_rows = plan.split(1)
+    labels = cache_labels(synth_cache)
+    spec = classdata.FoldSpec(fold=1, folds=3, seed=2, classes=classdata.fold_classes("top5"))
+    ours = classdata.training_rows(labels, cache_ids(synth_cache), spec)
+    assert np.array_equal(ours, np.sort(train_rows))
+    rows = classdata.class_rows(labels, 0, allowed=ours)
+    assert len(rows) and not set(rows) & set(val_rows.tolist())
+
+    r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
+                "--fold", "1", "--folds", "3", "--seed", "2", "--fold-classes", "top5",
+                "--size", "16", "--width", "1", "--steps", "1", "--batch-size", "4",
+                "--sample-every", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(tmp_path / "class_00" / "generator.pt")
+    assert (ckpt["fold"], ckpt["folds"], ckpt["fold_seed"]) == (1, 3, 2)
+    assert ckpt["fold_classes"] == [0, 25, 21, 2, 23]
+    assert ckpt["n_images"] == len(rows)
+
+
+def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path):
+    cache = tmp_path / "cache.h5"
+    shutil.copy(synth_cache, cache)
+    gen = trained / "class_25" / "generator.pt"
+    r = _invoke("gan", "sample", gen, "--n", "10", "--into", cache, "--seed", "3")
+    assert r.exit_code == 1
+    assert "32 px" in _error_line(r) and "--resize" in _error_line(r)
+    r = _invoke("gan", "sample", gen, "--n", "10", "--into", cache, "--seed", "3", "--resize",
+                "--batch", "4", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+
+    n_real = len(cache_labels(synth_cache))
+    assert len(CacheDataset(cache)) == n_real  # real rows only by default
+    syn = CacheDataset(cache, synthetic="only")
+    assert len(syn) == 10
+    assert len(CacheDataset(cache, synthetic="with")) == n_real + 10
+    (batch,) = read_cache_meta(cache)["synthetic"]
+    assert batch["class_index"] == 25 and batch["fold"] is None and batch["seed"] == 3
+    from hpatk.plugins.augment_gan.sampling import file_sha256
+
+    assert batch["generator"].endswith(f"@sha256:{file_sha256(gen)}")
+    images, targets = syn.read_batch(np.arange(10))
+    assert torch.all(targets.argmax(1) == 25) and torch.all(targets.sum(1) == 1)
+    # The stored images are the generator's samples for that seed, resized to 64 px.
+    from hpatk.plugins.augment_gan.trainer import resize_uint8
+
+    gan = DCGAN.from_checkpoint(gen)
+    assert torch.equal(images, resize_uint8(gan.sample_uint8(10, seed=3), 64))
+
+
+def test_sample_out_writes_kaggle_layout(trained, tmp_path):
+    import cv2
+
+    gen = trained / "class_00" / "generator.pt"
+    out = tmp_path / "samples"
+    r = _invoke("gan", "sample", gen, "--n", "3", "--out", out, "--seed", "1")
+    assert r.exit_code == 0, r.output
+    with open(out / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["Target"] for row in rows] == ["0"] * 3
+    expected = DCGAN.from_checkpoint(gen).sample_uint8(3, seed=1).numpy()
+    for k, row in enumerate(rows):
+        for c, stain in enumerate(("green", "red", "blue", "yellow")):
+            png = cv2.imread(str(out / "train" / f"{row['Id']}_{stain}.png"), cv2.IMREAD_UNCHANGED)
+            assert png.shape == (32, 32) and np.array_equal(png, expected[k, c])
+    assert (out / "samples.png").is_file()
+    r = _invoke("gan", "sample", gen, "--n", "3", "--out", out)
+    assert r.exit_code == 1 and "already holds" in _error_line(r)
+
+
+def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
+    from hpatk.core.folds import make_folds
+    from hpatk.plugins.augment_gan.trainer import GanTrainConfig, generator_checkpoint
+
+    base = ["gan", "train", "--data", synth_cache, "--out", tmp_path / "x", *TINY]
+    r = _invoke(*base, "--class", "Nucleoplasma")
+    assert r.exit_code == 1 and "did you mean 'Nucleoplasm'" in _error_line(r)
+    r = _invoke(*base, "--class", "28")
+    assert r.exit_code == 1 and "0..27" in _error_line(r)
+    r = _invoke(*base, "--class", "0", "--top", "2")
+    assert r.exit_code == 2 and "not both" in r.output
+    r = _invoke(*base, "--class", "0", "--size", "48")
+    assert r.exit_code == 1 and "--size 48" in _error_line(r)
+    # A class whose only images fall in the validation fold has nothing to train on.
+    labels = cache_labels(synth_cache)
+    rare = int(np.argmin(np.where(labels.sum(0) > 0, labels.sum(0), 99)))
+    fold = int(make_folds(labels, k=2, seed=0)[np.flatnonzero(labels[:, rare])[0]])
+    assert labels[:, rare].sum() == 1
+    r = _invoke(*base, "--class", rare, "--fold", fold, "--folds", "2")
+    assert r.exit_code == 1
+    assert f"class {rare}" in _error_line(r) and f"fold {fold}" in _error_line(r)
+    assert not (tmp_path / "x").exists()  # nothing written for refused runs
+
+    # A generator of three stains does not go into a four-stain cache.
+    gan = DCGAN(channels=3, image_size=64, width=1)
+    ckpt = generator_checkpoint(gan, GanTrainConfig(), 0, {
+        "class_index": 0, "stains": ["green", "red", "blue"],
+        "enhance": read_cache_meta(synth_cache)["enhance"]})
+    save_checkpoint(ckpt, tmp_path / "rgb.pt")
+    cache = tmp_path / "cache.h5"
+    shutil.copy(synth_cache, cache)
+    r = _invoke("gan", "sample", tmp_path / "rgb.pt", "--n", "2", "--into", cache)
+    assert r.exit_code == 1 and "stains green,red,blue" in _error_line(r)
+    assert read_cache_meta(cache)["synthetic"] == []
+    # Not a generator / not a checkpoint.
+    save_checkpoint({"kind": "classifier", "model": {}}, tmp_path / "clf.pt")
+    r = _invoke("gan", "sample", tmp_path / "clf.pt", "--n", "2", "--into", cache)
+    assert r.exit_code == 1 and "classifier checkpoint" in _error_line(r)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    r = _invoke("gan", "sample", tmp_path / "junk.pt", "--n", "2", "--into", cache)
+    assert r.exit_code == 1 and "junk.pt" in _error_line(r)
+    r = _invoke("gan", "sample", trained / "class_00" / "generator.pt", "--n", "2")
+    assert r.exit_code == 2 and "exactly one" in r.output

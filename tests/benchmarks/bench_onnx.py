@@ -12,8 +12,16 @@ better than absolute times.
     python tests/benchmarks/bench_onnx.py --quick   # inception_v4, 512 px, batch 1
     python tests/benchmarks/bench_onnx.py --models resnet50 --sizes 256 --batches 1,8,16
 
+The int8 accuracy cost needs a trained model: ``--f1-run RUN`` (a run folder of
+``hpatk train``) exports RUN/best_macro_f1.pt as float and int8 (calibrated on training
+-fold images only), predicts the run's validation fold with both, and reports the
+macro-F1 of each at the run's thresholds, with their speeds against torch:
+
+    python tests/benchmarks/bench_onnx.py --f1-run run1 [--f1-data DATA] [--calibration-n 64]
+
 Prints one JSON object. ``ratio`` = ORT images/s / best-torch images/s for inception_v4
 at 512 px, batch 1 (the first measured configuration when that one is not selected);
+``ratio_int8`` the same for the ``--quantize int8`` export;
 ``parity_max_abs_error`` = the export's parity check (batch 1, 2 and 7) per model.
 """
 
@@ -104,6 +112,75 @@ def best_times(fns: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, flo
     return best
 
 
+def int8_f1(run: Path, data: Path | None, calibration_n: int, rounds: int,
+            threads: int, work: Path) -> dict[str, Any]:
+    """Macro-F1 on the run's validation fold: float ONNX vs int8 ONNX (vs torch speed)."""
+    import yaml
+    from hpatk.core.checkpoint import load_checkpoint
+    from hpatk.core.data import read_kaggle
+    from hpatk.core.folds import read_folds
+    from hpatk.core.metrics import apply_thresholds, macro_f1
+    from hpatk.export import OnnxClassifier, export_checkpoint
+    from hpatk.export.predict import predict_folder
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data = Path(data or cfg["data"])
+    fold = int(cfg.get("fold") or 0)
+    folds = read_folds(run / "folds.csv")
+    refs = read_kaggle(data, split="train")
+    val = [r for r in refs if folds.get(r.id) == fold]
+    train = [r for r in refs if folds.get(r.id) not in (None, fold)]
+    # calibration sees training-fold images only: a folder of links to them
+    calib = work / "calibration"
+    (calib / "train").mkdir(parents=True, exist_ok=True)
+    with open(calib / "train.csv", "w") as f:
+        f.write("Id,Target\n")
+        for r in train:
+            f.write(f"{r.id},{' '.join(map(str, r.labels))}\n")
+            for p in r.paths():
+                link = calib / "train" / p.name
+                if not link.exists():
+                    link.symlink_to(p.resolve())
+    ck = run / "best_macro_f1.pt"
+    ckpt = load_checkpoint(ck)
+    f32 = export_checkpoint(ck, work / "f1_float.onnx")
+    q = export_checkpoint(ck, work / "f1_int8.onnx", quantize="int8", calibration=calib,
+                          calibration_n=min(calibration_n, len(train)))
+    classes = list(ckpt["classes"])
+    y = np.zeros((len(val), len(classes)), np.uint8)
+    for i, r in enumerate(val):
+        for c in r.labels:
+            if c in classes:
+                y[i, classes.index(c)] = 1
+    out: dict[str, Any] = {"run": str(run), "fold": fold, "validation_images": len(val),
+                           "classes": ",".join(map(str, classes)),
+                           "calibration_images": q.quantization[
+                               "calibration_images"]}
+    models = {}
+    for name, res in (("float", f32), ("int8", q)):
+        clf = OnnxClassifier(res.path, provider="cpu", threads=threads)
+        models[name] = clf
+        pred = predict_folder(clf, val, batch_size=16)
+        th = clf.thresholds
+        out[f"macro_f1_{name}"] = round(macro_f1(y, apply_thresholds(pred.probs, th)), 4)
+        out[f"probs_{name}"] = pred.probs
+    out["macro_f1_cost"] = round(out["macro_f1_float"] - out["macro_f1_int8"], 4)
+    agree = (apply_thresholds(out.pop("probs_float"), models["float"].thresholds)
+             == apply_thresholds(out.pop("probs_int8"), models["int8"].thresholds))
+    out["decision_agreement"] = round(float(agree.mean()), 4)
+    fns = torch_variants(ckpt)
+    fns["ort"] = lambda x: models["float"]._run(x)
+    fns["ort_int8"] = lambda x: models["int8"]._run(x)
+    size = int(ckpt["size"])
+    x = np.random.default_rng(0).random((1, len(ckpt["stains"]), size, size), np.float32)
+    ms = {k: round(1000 * v, 2) for k, v in best_times(fns, x, rounds).items()}
+    best = min(ms["torch_nchw"], ms["torch_channels_last"])
+    out.update({"size": size, "ms_per_image_batch1": ms,
+                "int8_ratio_vs_best_torch": round(best / ms["ort_int8"], 3),
+                "float_ratio_vs_best_torch": round(best / ms["ort"], 3)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="inceptionv4,resnet50",
@@ -115,6 +192,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="threads for both runtimes [default: all cores]")
     ap.add_argument("--quick", action="store_true", help="inception_v4, 512 px, batch 1")
     ap.add_argument("--keep", type=Path, default=None, help="keep the .onnx files here")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the --quantize int8 export (calibrated on 8 synthetic "
+                         "images)")
+    ap.add_argument("--f1-run", type=Path, default=None,
+                    help="measure int8's macro-F1 cost on this hpatk train run instead")
+    ap.add_argument("--f1-data", type=Path, default=None,
+                    help="the run's dataset folder [default: its config's data]")
+    ap.add_argument("--calibration-n", type=int, default=64)
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.sizes, args.batches = "inceptionv4", "512", "1"
@@ -128,6 +213,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, parity = [], {}
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench_onnx."))
     work.mkdir(parents=True, exist_ok=True)
+    if args.f1_run:
+        out = int8_f1(args.f1_run, args.f1_data, args.calibration_n, args.rounds, threads,
+                      work)
+        print(json.dumps({"benchmark": "int8 vs float ONNX: macro-F1 on the validation "
+                          "fold, speed vs best torch", **out, "threads": threads},
+                         indent=1))
+        return out
     for backbone in args.models.split(","):
         for size in [int(s) for s in args.sizes.split(",")]:
             ck = work / f"{backbone}_{size}.pt"
@@ -139,6 +231,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clf = OnnxClassifier(res.path, provider="cpu", threads=threads)
             fns = torch_variants(ckpt)
             fns["ort"] = lambda x, clf=clf: clf._run(x)
+            if args.int8:
+                from hpatk.core.synth import make_synthetic
+
+                calib = work / f"calib{size}"
+                if not calib.exists():
+                    make_synthetic(calib, n=8, size=size, seed=0, workers=1, n_test=1)
+                q = export_checkpoint(ck, work / f"{backbone}_{size}_int8.onnx",
+                                      quantize="int8", calibration=calib, calibration_n=8,
+                                      verify=False)
+                q8 = OnnxClassifier(q.path, provider="cpu", threads=threads)
+                fns["ort_int8"] = lambda x, q8=q8: q8._run(x)
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = np.random.default_rng(batch).random((batch, 4, size, size), np.float32)
                 best = best_times(fns, x, args.rounds)
@@ -151,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "ratio_vs_torch_nchw": round(ms["torch_nchw"] / ms["ort"], 3),
                     "export_s": round(export_s, 1),
                 })
+                if "ort_int8" in ms:
+                    rows[-1]["int8_ratio_vs_best_torch"] = round(torch_best / ms["ort_int8"], 3)
+                    rows[-1]["int8_ratio_vs_ort"] = round(ms["ort"] / ms["ort_int8"], 3)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             ck.unlink()
     headline = next((r for r in rows if (r["model"], r["size"], r["batch"])
@@ -160,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": headline["ratio_vs_best_torch"],
         "ratio_config": f"{headline['model']} {headline['size']} px batch {headline['batch']}",
         "goal": GOAL, "goal_met": headline["ratio_vs_best_torch"] >= GOAL,
+        "ratio_int8": headline.get("int8_ratio_vs_best_torch"),
         "parity_max_abs_error": parity, "results": rows, "threads": threads,
         "rounds": args.rounds, "torch": torch.__version__, "onnxruntime": ort.__version__,
         "cpu": platform.processor() or platform.machine(),

@@ -35,7 +35,8 @@ def _after_fork_in_child() -> None:
     _lock, _pool, _pool_size, _configured_pid = threading.Lock(), None, 0, None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; there is no fork on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cv2_module() -> Any:

@@ -56,15 +56,14 @@ class ExportOptions:
 class ExportSpec:
     """What one checkpoint kind contributes to an export.
 
-    ``make_inputs(n, seed)`` returns float32 (n, *sample_shape) inputs for tracing and
-    parity; ``degenerate(outputs)`` returns why reference outputs cannot prove parity
-    (constant, saturated, NaN) or None.
+    ``make_inputs(n, seed)`` returns float32 (n, ...) inputs for tracing and parity;
+    ``degenerate(outputs)`` returns why reference outputs cannot prove parity (constant,
+    saturated, NaN) or None.
     """
 
     module: torch.nn.Module
     input_name: str
     output_name: str
-    sample_shape: tuple[int, ...]
     make_inputs: Callable[[int, int], np.ndarray]
     metadata: dict[str, Any]
     summary: str
@@ -510,7 +509,6 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
     }
     return ExportSpec(
         module=graph, input_name="images", output_name=options.output,
-        sample_shape=(c, size, size),
         make_inputs=lambda n, seed: _image_inputs(n, seed, mean, std, size), metadata=meta,
         summary=f"{meta['backbone']} classifier, {c} stains x {size} px -> {k} "
                 f"{options.output}",
@@ -524,12 +522,8 @@ def _build_generator(ckpt: dict[str, Any]) -> torch.nn.Module:
     """The DCGAN generator, reached through the registry (export never imports plugins)."""
     from hpatk.core import get_registry
 
-    m = ckpt["model"]
-    try:
-        gan = get_registry().augmentations.create(
-            "dcgan", latent_dim=int(m["latent_dim"]), channels=int(m["channels"]),
-            image_size=int(m["image_size"]), width=int(m["width"]))
-        generator = gan.generator
+    try:  # the checkpoint's ``model`` dict is the factory's keyword arguments
+        generator = get_registry().augmentations.create("dcgan", **ckpt["model"]).generator
         generator.load_state_dict(ckpt["state_dict"])
     except HpatkError:
         raise
@@ -582,7 +576,7 @@ def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
     }
     return ExportSpec(
         module=_generator_graph(_build_generator(ckpt)), input_name="noise",
-        output_name="images", sample_shape=(latent,),
+        output_name="images",
         make_inputs=lambda n, seed: np.random.default_rng(seed).standard_normal(
             (n, latent)).astype(np.float32),
         metadata=meta,

@@ -25,9 +25,6 @@ from hpatk.core.errors import DataError, HpatkError
 if TYPE_CHECKING:
     from hpatk.export.runtime import OnnxClassifier
 
-SPLIT_CSV = {"test": "sample_submission.csv", "train": "train.csv"}
-
-
 @dataclass
 class FolderPrediction:
     """Predictions for a list of samples, in order.
@@ -54,7 +51,7 @@ def select_samples(images_dir: str | os.PathLike[str], *, split: str = "test",
     Raises:
         DataError: missing folder, unreadable CSV, no images, or a missing stain file.
     """
-    from hpatk.core.data import ID_PATTERN, SampleRef, read_kaggle
+    from hpatk.core.data import ID_PATTERN, SPLITS, SampleRef, read_kaggle
 
     folder = Path(images_dir)
     if not folder.is_dir():
@@ -62,14 +59,14 @@ def select_samples(images_dir: str | os.PathLike[str], *, split: str = "test",
     root = folder / split if (folder / split).is_dir() else folder
     if ids_csv is not None:
         samples = [SampleRef(id=i, labels=(), root=root) for i in read_ids(ids_csv)]
-    elif (folder / SPLIT_CSV[split]).is_file():
+    elif (folder / SPLITS[split]).is_file():
         return list(read_kaggle(folder, split=split, stains=tuple(stains)))
     else:
         suffix = f"_{stains[0]}.png"
         ids = sorted(i for p in folder.glob(f"*{suffix}")
                      if ID_PATTERN.fullmatch(i := p.name[:-len(suffix)]))
         if not ids:
-            raise DataError(f"'{folder}' has no {SPLIT_CSV[split]} and no *{suffix} images")
+            raise DataError(f"'{folder}' has no {SPLITS[split]} and no *{suffix} images")
         samples = [SampleRef(id=i, labels=(), root=folder) for i in ids]
     bad = next((s.id for s in samples if not ID_PATTERN.fullmatch(s.id)), None)
     if bad is not None:
@@ -145,7 +142,7 @@ def predict_folder(clf: OnnxClassifier, samples: Sequence[Any], *, batch_size: i
     done = 0
     for images in progress(_prefetched(samples, load, batch_size, workers), desc="predict",
                            total=n_batches, unit="batch"):
-        x = clf._to_float(images)
+        x = clf.to_float(images)
         probs[done:done + len(x)] = clf.probs_of(x, tta=tta)
         done += len(x)
     labels, _ = clf.labels_of(probs)

@@ -327,7 +327,8 @@ class OnnxModel:
                 raise HpatkError(f"model '{self.path}': {what} '{name}' has shape {dims}; its "
                                  f"metadata says {shown} with a dynamic batch axis")
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The graph's raw output for one prepared batch (float32, the model's input)."""
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
@@ -408,7 +409,7 @@ class OnnxClassifier(OnnxModel):
             raw = [np.asarray(im) for im in images]
             if any(im.dtype != np.uint8 or im.ndim != 3 for im in raw):
                 raise HpatkError("a list of images must hold uint8 (C, H, W) arrays")
-            return self._to_float(np.stack([self.preprocess(im) for im in raw])
+            return self.to_float(np.stack([self.preprocess(im) for im in raw])
                                   if raw else np.zeros((0, len(self.stains), self.size,
                                                         self.size), np.uint8))
         x = np.asarray(images)
@@ -416,7 +417,7 @@ class OnnxClassifier(OnnxModel):
             raise HpatkError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
         self._check_channels(x.shape[1], x.shape)
         if x.dtype == np.uint8:
-            return self._to_float(np.stack([self.preprocess(im) for im in x]) if len(x) else
+            return self.to_float(np.stack([self.preprocess(im) for im in x]) if len(x) else
                                   np.zeros((0, x.shape[1], self.size, self.size), np.uint8))
         if not np.issubdtype(x.dtype, np.floating):
             raise HpatkError(f"images must be uint8 (raw stains) or float in [0, 1], "
@@ -431,8 +432,8 @@ class OnnxClassifier(OnnxModel):
         return np.ascontiguousarray(x, dtype=np.float32)
 
     @staticmethod
-    def _to_float(images: np.ndarray) -> np.ndarray:
-        # The same uint8 -> float as training: x / 255 in float32.
+    def to_float(images: np.ndarray) -> np.ndarray:
+        """uint8 preprocessed images -> float32 / 255, exactly as training converts them."""
         return images.astype(np.float32) / np.float32(255.0)
 
     def predict_probs(self, images: np.ndarray | Sequence[np.ndarray], *, tta: str = "none",
@@ -451,7 +452,7 @@ class OnnxClassifier(OnnxModel):
         views = [x] if tta == "none" else [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
         total = None
         for v in views:
-            y = self._run(np.ascontiguousarray(v))
+            y = self.run(np.ascontiguousarray(v))
             if self.metadata["output"] == "logits":
                 y = 1.0 / (1.0 + np.exp(-y))
             total = y if total is None else total + y
@@ -487,4 +488,4 @@ class OnnxGenerator(OnnxModel):
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """``n`` images, float32 (n, C, S, S) in [0, 1]."""
         z = np.random.default_rng(seed).standard_normal((n, int(self.metadata["latent_dim"])))
-        return self._run(z.astype(np.float32))
+        return self.run(z.astype(np.float32))

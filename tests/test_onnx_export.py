@@ -43,7 +43,7 @@ def make_realistic(model, size: int, in_chans: int = 4, seed: int = 0):
     model.eval()
     with torch.no_grad():
         logits = model(x)
-        head = model.get_classifier()
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         scale = 2.0 / float(logits.std().clamp_min(1e-6))
         head.weight.mul_(scale)
         head.bias.normal_(0.0, 0.5, generator=g)
@@ -53,23 +53,26 @@ def make_realistic(model, size: int, in_chans: int = 4, seed: int = 0):
 
 
 @functools.lru_cache(maxsize=8)
-def _weights(backbone: str, size: int, num_classes: int, seed: int) -> dict:
+def _weights(backbone: str, size: int, num_classes: int, seed: int, kwargs: str) -> dict:
     torch.manual_seed(seed)
-    model = get_registry().backbones.create(backbone, num_classes=num_classes, in_chans=4)
+    model = get_registry().backbones.create(backbone, num_classes=num_classes, in_chans=4,
+                                            **json.loads(kwargs))
     return make_realistic(model, size, seed=seed).state_dict()
 
 
 def classifier_ckpt(path, backbone: str = "resnet18", size: int = 64, classes=None,
-                    thresholds="default", enhance=None, seed: int = 0) -> dict:
+                    thresholds="default", enhance=None, seed: int = 0,
+                    kwargs: dict | None = None) -> dict:
     """Write a classifier checkpoint in the documented format; return the dict."""
     classes = list(range(28)) if classes is None else list(classes)
-    state = _weights(backbone, size, len(classes), seed)
+    kwargs = dict(kwargs or {})
+    state = _weights(backbone, size, len(classes), seed, json.dumps(kwargs, sort_keys=True))
     if thresholds == "default":
         thresholds = np.linspace(0.3, 0.6, len(classes)).round(3).tolist()
     ckpt = {
         "kind": "classifier", "format": 1, "hpatk_version": __version__,
         "model": {"backbone": backbone, "num_classes": len(classes), "in_chans": 4,
-                  "kwargs": {}},
+                  "kwargs": kwargs},
         "state_dict": dict(state), "classes": classes,
         "class_names": [CLASS_NAMES[c] for c in classes], "stains": list(STAINS),
         "size": size, "enhance": dict(enhance or ENHANCE),
@@ -84,7 +87,7 @@ def torch_outputs(ckpt: dict, x: np.ndarray, probabilities: bool = True) -> np.n
     """The reference: the checkpoint's model in PyTorch on normalised float images."""
     m = ckpt["model"]
     model = get_registry().backbones.create(m["backbone"], num_classes=m["num_classes"],
-                                            in_chans=m["in_chans"])
+                                            in_chans=m["in_chans"], **m["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     mean = torch.tensor(ckpt["normalize"]["mean"])[:, None, None]
@@ -223,6 +226,28 @@ def test_export_paper_backbone_inceptionv4(tmp_path):
     assert set(res.parity) == {1, 2, 7}  # within rtol 1e-3 / atol 1e-5, or it had raised
     assert res.max_abs_error < 1e-4
     assert res.metadata["backbone"] == "inceptionv4" and res.metadata["input_size"] == 75
+
+
+def _registered() -> list:
+    """Every registered backbone (third-party ones too), and the paper's heads."""
+    names = [n for n in get_registry().backbones.names() if not n.endswith(":*")]
+    return [*names, ("inceptionv4", {"head": "paper"}), ("vgg16", {"head": "paper"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", _registered(), ids=str)
+def test_every_registered_backbone_exports(tmp_path, backbone):
+    """Live registry: a backbone is export-tested the moment it is registered."""
+    from hpatk.export import export_checkpoint
+
+    name, kwargs = backbone if isinstance(backbone, tuple) else (backbone, {})
+    ckpt = classifier_ckpt(tmp_path / "ck.pt", backbone=name, size=96, classes=TOP5,
+                           kwargs=kwargs)
+    res = export_checkpoint(tmp_path / "ck.pt", tmp_path / "m.onnx")
+    assert set(res.parity) == {1, 2, 7}
+    x = images01(3, 96, seed=1)
+    np.testing.assert_allclose(ort_run(res.path, x), torch_outputs(ckpt, x),
+                               rtol=1e-3, atol=1e-5)
 
 
 def test_export_external_data_for_big_models(tmp_path, monkeypatch):
@@ -387,7 +412,7 @@ def test_export_generator(tmp_path):
         z = np.random.default_rng(n).standard_normal((n, 100)).astype(np.float32)
         with torch.inference_mode():
             ref = ((gen(torch.from_numpy(z)) + 1) / 2).clamp(0, 1).numpy()
-        got = g._run(z)
+        got = g.run(z)
         assert got.shape == (n, 4, 16, 16)
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
     s = g.sample(3, seed=1)

@@ -169,8 +169,8 @@ def int8_f1(run: Path, data: Path | None, calibration_n: int, rounds: int,
              == apply_thresholds(out.pop("probs_int8"), models["int8"].thresholds))
     out["decision_agreement"] = round(float(agree.mean()), 4)
     fns = torch_variants(ckpt)
-    fns["ort"] = lambda x: models["float"]._run(x)
-    fns["ort_int8"] = lambda x: models["int8"]._run(x)
+    fns["ort"] = lambda x: models["float"].run(x)
+    fns["ort_int8"] = lambda x: models["int8"].run(x)
     size = int(ckpt["size"])
     x = np.random.default_rng(0).random((1, len(ckpt["stains"]), size, size), np.float32)
     ms = {k: round(1000 * v, 2) for k, v in best_times(fns, x, rounds).items()}
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parity[f"{backbone}@{size}"] = res.max_abs_error
             clf = OnnxClassifier(res.path, provider="cpu", threads=threads)
             fns = torch_variants(ckpt)
-            fns["ort"] = lambda x, clf=clf: clf._run(x)
+            fns["ort"] = lambda x, clf=clf: clf.run(x)
             if args.int8:
                 from hpatk.core.synth import make_synthetic
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       quantize="int8", calibration=calib, calibration_n=8,
                                       verify=False)
                 q8 = OnnxClassifier(q.path, provider="cpu", threads=threads)
-                fns["ort_int8"] = lambda x, q8=q8: q8._run(x)
+                fns["ort_int8"] = lambda x, q8=q8: q8.run(x)
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = np.random.default_rng(batch).random((batch, 4, size, size), np.float32)
                 best = best_times(fns, x, args.rounds)

@@ -61,6 +61,13 @@ _TASK_IMAGES = 4  # images per worker task: amortises IPC, keeps the writer fed
 
 
 # ----------------------------------------------------------------------------- helpers
+class _NotACache(HpatkError):
+    """A readable HDF5 file that hpatk did not write."""
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -141,7 +148,7 @@ def _validate(f: h5py.File, path: Path) -> None:
         fmt = f.attrs.get("format")
         fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
         if fmt != FORMAT:
-            raise HpatkError(f"{path}: not an hpatk cache (no '{FORMAT}' format attribute); "
+            raise _NotACache(f"{path}: not an hpatk cache (no '{FORMAT}' format attribute); "
                              f"build one with 'hpatk cache build'")
         version = int(f.attrs.get("format_version", 0))
         if version > FORMAT_VERSION:
@@ -268,12 +275,19 @@ def _stale_reason(out: Path, digest: str, config: Mapping[str, Any], listing: Se
     """None when ``out`` is a complete cache of exactly these inputs, else why not."""
     if not out.exists():
         return "no cache yet"
+    with open(out, "rb") as fh:
+        if fh.read(8) != _HDF5_SIGNATURE:  # never replace a file that is not ours
+            raise HpatkError(f"{out} exists and is not an HDF5 cache; choose another --out "
+                             f"or pass --force to replace it")
     try:
         with _open_h5(out) as f:
             old_digest = str(f.attrs.get("fingerprint", ""))
             old_cfg = json.loads(str(f.attrs.get("config", "{}")))
             old_comp = str(f.attrs.get("compression", "none"))
             old_listing = _strings(f["inputs"]) if old_digest != digest else []
+    except _NotACache:
+        raise HpatkError(f"{out} is an HDF5 file hpatk did not write; choose another --out or "
+                         f"pass --force to replace it") from None
     except HpatkError as exc:
         return f"the existing file is unusable ({exc})"
     if compression is not None and compression != old_comp:
@@ -822,11 +836,8 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
     def __len__(self) -> int:
         return len(self._key)
 
-    def _tensor(self, images: np.ndarray) -> torch.Tensor:
-        import torch
-
-        t = torch.from_numpy(images)
-        return t.float().div_(255.0) if self.as_float else t
+    def _tensor(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255.0) if self.as_float else images
 
     def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         import numpy as np
@@ -841,35 +852,49 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
         images, _ = self._read([i])
         return self._tensor(images[0]), torch.from_numpy(self.targets[i].copy())
 
-    def _read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, indices: Sequence[int], shared: bool = False
+              ) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 images of ``indices`` (in shared memory with ``shared``) and the rows."""
         import numpy as np
+        import torch
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self._key)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"indices out of range for {n} samples")
         idx = np.where(idx < 0, idx + n, idx)
-        out = np.empty((len(idx), *self.meta["shape"][1:]), np.uint8)
+        shape = (len(idx), *self.meta["shape"][1:])
+        if shared:  # what a worker sends: filled in place, handed over without a copy
+            nbytes = int(np.prod(shape))
+            out = torch.empty(0, dtype=torch.uint8).set_(
+                torch.UntypedStorage._new_shared(nbytes)).view(shape)
+        else:
+            out = torch.empty(shape, dtype=torch.uint8)
         try:
-            self._fill(out, self._key[idx], self._row[idx])
+            self._fill(out.numpy(), self._key[idx], self._row[idx])
         except (OSError, KeyError, ValueError) as exc:
             raise HpatkError(f"{self.path}: cannot read images ({_h5_reason(exc)}); the file "
                              f"is damaged: rebuild it") from None
         return out, idx
 
     def read_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples ``indices`` as one batch (what ``__getitems__`` serves the DataLoader).
+        """Samples ``indices`` as one batch (``ds[list]`` and ``cache_loader`` use it).
 
         Shape:
             (B, C, S, S) uint8 (or float32), (B, K) float32.
         """
         import torch
+        from torch.utils.data import get_worker_info
 
-        images, idx = self._read(indices)
+        in_worker = get_worker_info() is not None and not self.as_float
+        images, idx = self._read(indices, shared=in_worker)
         return self._tensor(images), torch.from_numpy(self.targets[idx])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        images, targets = self.read_batch(indices)
+        import torch
+
+        images, idx = self._read(indices)  # default_collate stacks into shared memory
+        images, targets = self._tensor(images), torch.from_numpy(self.targets[idx])
         return list(zip(images, targets, strict=True))
 
     def __repr__(self) -> str:

@@ -189,11 +189,27 @@ def test_concurrent_builders_build_once(data, tmp_path, capsys):
     assert read_cache_meta(out)["n"] == 96
 
 
-def test_unusable_existing_file_is_rebuilt(data, tmp_path, capsys):
+def test_damaged_cache_is_rebuilt_foreign_file_is_kept(data, tmp_path, capsys):
     out = tmp_path / "c.h5"
-    out.write_bytes(b"not an hdf5 file at all")
-    assert "unusable" in _build(data, out, capsys)
+    _build(data, out, capsys)
+    with open(out, "r+b") as f:
+        f.truncate(out.stat().st_size // 2)
+    err = _build(data, out, capsys)
+    assert "the existing file is unusable" in err and "truncated" in err
     assert read_cache_meta(out)["n"] == 96
+
+    notes = tmp_path / "notes.h5"
+    notes.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(HpatkError, match="not an HDF5 cache; choose another --out"):
+        _build(data, notes, capsys)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2, 3]
+    with pytest.raises(HpatkError, match="hpatk did not write"):
+        _build(data, foreign, capsys)
+    assert notes.read_bytes() == b"not an hdf5 file at all"
+    assert "--force" in _build(data, foreign, capsys, force=True)  # explicit: replaced
+    assert read_cache_meta(foreign)["n"] == 96
 
 
 def test_ensure_cache_folder_then_file(data, tmp_path, capsys):

@@ -127,7 +127,7 @@ def create_session(path: str | os.PathLike[str], provider: str = "auto", *,
                 session = ort.InferenceSession(str(path), session_options(threads),
                                                providers=usable)
     except Exception as exc:
-        raise HpatkError(f"ONNX Runtime cannot load '{path}': {_clean(str(exc))}") from None
+        raise HpatkError(f"ONNX Runtime cannot load '{path}': {_ort_message(exc)}") from None
     active = tuple(session.get_providers())
     reason = None
     not_built = [p for p in chain if p not in available]
@@ -165,6 +165,15 @@ def _native_output(lines: list[str]) -> Iterator[None]:
 
 def _clean(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+
+
+def _ort_message(exc: BaseException) -> str:
+    """The gist of an ONNX Runtime exception, without its C++ location and signature."""
+    text = (_clean(str(exc)).splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed:\s*", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\)\s+(?=\S)", "", text)
+    return text.strip()[:300] or type(exc).__name__
 
 
 def _load_failure(log: list[str]) -> str:

@@ -343,3 +343,17 @@ def test_model_folder_can_move(model, tmp_path):
     dst.parent.mkdir()
     shutil.copy(model[1], dst)
     assert OnnxClassifier(dst, provider="cpu").predict(_raw(1, SIZE)).labels
+
+
+def test_onnx_runtime_refusal_is_one_line(model, tmp_path):
+    """A file ONNX accepts but this ONNX Runtime cannot load (a newer IR version)."""
+    from hpatk.export import OnnxClassifier
+
+    def newer(m):
+        m.ir_version = 14
+
+    bad = _rewrite(model[1], tmp_path / "m.onnx", newer)
+    onnx.checker.check_model(str(bad))
+    with pytest.raises(HpatkError, match="ONNX Runtime cannot load .*IR version") as err:
+        OnnxClassifier(bad, provider="cpu")
+    assert "\n" not in str(err.value)

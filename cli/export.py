@@ -122,6 +122,12 @@ def predict(model: str, images_dir: str, out: str, ids_csv: str | None, split: s
     click.echo(report[0])
     for line in report[1:]:
         click.echo(line, err=True)
+    meta = clf.metadata
+    enh = ", ".join(f"{k}={v}" for k, v in meta["enhance"].items() if k != "name")
+    click.echo(f"model: {meta.get('backbone') or 'classifier'}, {len(clf.classes)} classes, "
+               f"{'+'.join(clf.stains)} at {clf.size} px, {meta['enhance']['name']}"
+               f"({enh}), {'tuned' if meta['thresholds'] else 'default 0.5'} thresholds"
+               + (", int8" if meta.get("quantization") else ""))
     samples = select_samples(images_dir, split=split, ids_csv=ids_csv, stains=clf.stains)
     start = time.monotonic()
     result = predict_folder(clf, samples, batch_size=batch, tta=tta, workers=workers)

@@ -119,6 +119,42 @@ def test_enhance_none_is_plain_resize(synth_data, tmp_path):
             f["images"][3, 1], cv2.resize(plane, (32, 32), interpolation=cv2.INTER_AREA))
 
 
+def test_extra_hpav18_rows_follow_the_kaggle_rows(synth_data, tmp_path, capsys):
+    ext = tmp_path / "hpav18"
+    (ext / "train").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    ids = ["10580_1610_C1_1", "10580_1610_C1_2"]
+    for image_id in ids:
+        for s in STAINS:  # RGB files, larger than the Kaggle images
+            bgr = (rng.random((96, 96, 3)) ** 2 * 200).astype(np.uint8)
+            cv2.imwrite(str(ext / "train" / f"{image_id}_{s}.png"), bgr)
+    (ext / "HPAv18RBGY_wodpl.csv").write_text(f"Id,Target\n{ids[0]},0 2\n{ids[1]},27\n")
+    out = build_cache(synth_data, tmp_path / "c.h5", size=32, extra=[ext], workers=0)
+    meta = read_cache_meta(out)
+    assert meta["n"] == 98 and meta["sources"] == {"kaggle": 96, "external": 2}
+    assert [i["source"] for i in meta["inputs"]] == ["kaggle", "external"]
+    assert cache_ids(out)[-2:] == ids
+    assert list(np.flatnonzero(cache_labels(out)[-2])) == [0, 2]
+    from hpatk.core.data import load_stains, read_external
+
+    ref = read_external(ext)[1]
+    want = np.stack([cv2.resize(cv2.createCLAHE(2.0, (8, 8)).apply(c), (32, 32),
+                                interpolation=cv2.INTER_AREA) for c in load_stains(ref)])
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["images"][-1], want)
+        assert [s.decode() for s in f["source"][-3:]] == ["kaggle", "external", "external"]
+    capsys.readouterr()
+    png = ext / "train" / f"{ids[0]}_red.png"
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))
+    build_cache(synth_data, out, size=32, extra=[ext], workers=0)
+    assert "inputs changed" in capsys.readouterr().err  # external files are fingerprinted too
+
+    dup = tmp_path / "dup"
+    shutil.copytree(ext, dup)
+    with pytest.raises(HpatkError, match="appears twice"):
+        build_cache(synth_data, tmp_path / "d.h5", size=32, extra=[ext, dup], workers=0)
+
+
 # ------------------------------------------------------------------- reuse and rebuild
 def _build(data: Path, out: Path, capsys, **kw) -> str:
     build_cache(data, out, workers=0, **{"size": 32, **kw})

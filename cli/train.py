@@ -130,7 +130,7 @@ def train(config_path: str | None, resume: bool, **options: Any) -> None:
             raise click.UsageError("Missing option '--out' (the run folder).")
         if not config_path and "data" not in overrides:
             raise click.UsageError("Missing option '--data' (a cache .h5 or dataset folder).")
-    cfg = base.replace(**overrides)
+    cfg = base.override(**overrides)
     from hpatk.core.engine import train as run_training
 
     results = run_training(cfg, resume=resume, overrides=overrides)
@@ -246,6 +246,6 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
     from hpatk.core.train_config import TrainConfig
 
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    base = TrainConfig(data=data, out=out, **options)
+    base = TrainConfig(data=data, out=out).override(**options)
     run_backbones(base, names, sizes, out, fold_subset=fold_subset)
     click.echo((Path(out) / "table1.md").read_text())

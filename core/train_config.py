@@ -98,6 +98,16 @@ class TrainConfig:
         cfg.validate(source)
         return cfg
 
+    def override(self, **changes: Any) -> TrainConfig:
+        """:meth:`replace`, except that a new ``loss``/``aug``/``backbone`` given without
+        its ``*_params`` drops the old one's parameters (focal's gamma means nothing to
+        bce)."""
+        for name in ("loss", "aug", "backbone"):
+            params = f"{name}_params"
+            if name in changes and params not in changes and changes[name] != getattr(self, name):
+                changes[params] = {"gamma": 2.0} if changes[name] == "focal" else {}
+        return self.replace(**changes)
+
     def replace(self, **changes: Any) -> TrainConfig:
         cfg = dataclasses.replace(self, **changes)
         cfg.validate()

@@ -298,6 +298,15 @@ def test_paper_schedule():
     assert TrainConfig(batch_double_every=0).batch_size_at(40) == 32
 
 
+def test_changing_the_loss_drops_the_old_loss_parameters():
+    cfg = TrainConfig()
+    assert cfg.loss_params == {"gamma": 2.0}
+    assert cfg.override(loss="bce").loss_params == {}
+    assert cfg.override(loss="bce", loss_params={"pos_weight": [2.0]}).loss_params == {
+        "pos_weight": [2.0]}
+    assert cfg.override(loss="focal", epochs=3).loss_params == {"gamma": 2.0}
+
+
 def test_sampler_is_deterministic_per_epoch_and_covers_everything():
     from hpatk.core.batching import EpochBatchSampler
 

@@ -21,11 +21,13 @@ an anonymous group (unreachable until linked; HDF5 frees it if the writer fails)
 it in one step, so readers see a batch entirely or not at all.
 
 Readers open the file lazily in each process (fork, spawn, forkserver; 0 or N DataLoader
-workers) with HDF5 file locking off: existing objects are never modified in place
-(rebuilds replace the file by rename; readers keep the old inode), and HDF5's flock makes
-read-only opens fail on file systems without lock support (NFS, Lustre) and blocks a
-``gan sample --into`` while training reads. ``HDF5_USE_FILE_LOCKING=FALSE`` has the same
-effect for other HDF5 tools.
+workers) with HDF5 file locking off (``locking=False``, what ``HDF5_USE_FILE_LOCKING=FALSE``
+does for other HDF5 tools). Safe, because existing objects are never modified in place
+(rebuilds replace the file by rename; readers keep the old inode); needed, because HDF5's
+flock makes read-only opens fail on file systems without lock support (NFS, Lustre: many
+DDP ranks) and would block a ``gan sample --into`` while training reads. In one process,
+open a cache with ``h5py.File(path, "r", locking=False)`` too: HDF5 refuses to open a file
+twice with different locking flags.
 """
 
 from __future__ import annotations
@@ -413,7 +415,7 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
                  f"{size} px)", quiet)
             return out
         _say(f"building {out}: {reason}", quiet)
-        comp = compression or "none"
+        comp = compression or _existing_compression(out) or "none"
         comp_kw = _compression_kwargs(comp)
         n, c = len(refs), len(stains)
         start = time.monotonic()
@@ -456,6 +458,12 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
         _say(f"wrote {out}: {n} images {c}x{size}x{size} in {time.monotonic() - start:.1f}s",
              quiet)
     return out
+
+
+def _existing_compression(out: Path) -> str | None:
+    with contextlib.suppress(HpatkError, OSError), _open_h5(out) as f:
+        return str(f.attrs.get("compression", "none"))
+    return None
 
 
 def _images_of(steps: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -671,10 +679,12 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
 
     The file opens lazily in the process that reads (each DataLoader worker under fork,
     spawn or forkserver; the main process with 0 workers), read-only and unlocked (see
-    the module docstring). Reads are contiguous: one chunk per sample; a batch
-    (``__getitems__``, used by DataLoader's default fetcher) reads sorted runs as slices.
-    Keep batches uint8 and normalise on the training device: float batches cost 4x the
-    inter-process bytes.
+    the module docstring). Reads are contiguous, never fancy-indexed: uncompressed images
+    are read straight from the file at their chunk offsets (``pread``: no h5py lock, one
+    copy), compressed ones through h5py in sorted runs of slices. A batch is one call
+    (``__getitems__`` for DataLoader's default fetcher; ``ds[list]`` for
+    :func:`cache_loader`). Keep batches uint8 and normalise on the training device: float
+    batches cost 4x the inter-process bytes.
 
     Args:
         path: the cache file.

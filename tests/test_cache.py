@@ -96,9 +96,12 @@ def test_parallel_build_with_resize_equals_reference(synth_data, tmp_path):
     assert meta["compression"] == "none" and meta["hpatk_version"]
 
 
-def test_blosc_lz4_round_trip(synth_data, synth_cache, tmp_path):
+def test_blosc_lz4_round_trip(synth_data, synth_cache, tmp_path, capsys):
     out = build_cache(synth_data, tmp_path / "z.h5", size=64, workers=0, quiet=True,
                       compression="blosc-lz4")
+    build_cache(synth_data, out, size=64, workers=0, force=True)  # a rebuild keeps it
+    assert "--force" in capsys.readouterr().err
+    assert read_cache_meta(out)["compression"] == "blosc-lz4"
     with h5py.File(out, "r") as f, h5py.File(synth_cache, "r") as g:
         assert "32001" in f["images"]._filters  # the blosc filter id
         np.testing.assert_array_equal(f["images"][()], g["images"][()])

@@ -38,6 +38,9 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> P
     ax[2].set(title="learning rate (line) / batch size (bars)", xlabel="epoch")
     twin = ax[2].twinx()
     twin.bar(ep, [r["batch_size"] for r in rows], alpha=0.2, color="C4")
+    twin.set_ylabel("batch size")
+    ax[2].set_zorder(twin.get_zorder() + 1)  # the lr line over the bars
+    ax[2].patch.set_visible(False)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

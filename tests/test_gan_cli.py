@@ -205,3 +205,43 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     assert r.exit_code == 1 and "junk.pt" in _error_line(r)
     r = _invoke("gan", "sample", trained / "class_00" / "generator.pt", "--n", "2")
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_streamed_class_images_equal_the_in_memory_ones(synth_cache):
+    """A class too big for --max-memory is read from the cache per batch, same pixels."""
+    from hpatk.plugins.augment_gan import classdata
+
+    rows = classdata.class_rows(cache_labels(synth_cache), 25)
+    held = classdata.load_bank(synth_cache, rows, 32)
+    streamed = classdata.load_bank(synth_cache, rows, 32, max_memory=0)
+    assert held.images is not None and streamed.images is None
+    assert len(held) == len(streamed) == len(rows) and streamed.channels == 4
+    idx = torch.tensor([3, 0, 3, len(rows) - 1])
+    assert torch.equal(held.batch(idx), streamed.batch(idx))
+
+
+def test_epochs_become_steps(synth_cache, tmp_path):
+    n = int(cache_labels(synth_cache)[:, 0].sum())
+    r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
+                "--epochs", "0.5", "--size", "16", "--width", "1", "--batch-size", "4",
+                "--sample-every", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "class_00" / "generator.pt")["steps"] == -(-n // 8)
+
+
+def test_an_existing_run_is_resumed_or_restarted_never_silently_mixed(synth_cache, tmp_path):
+    args = ["gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
+            "--size", "16", "--width", "1", "--batch-size", "4", "--sample-every", "2",
+            "--device", "cpu"]
+    assert _invoke(*args, "--steps", "4").exit_code == 0
+    r = _invoke(*args, "--steps", "2")
+    assert r.exit_code == 1 and "--resume" in _error_line(r)
+    r = _invoke(*args, "--steps", "6", "--resume")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "class_00"
+    assert load_checkpoint(run / "generator.pt")["steps"] == 6
+    with open(run / "losses.csv") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, 7))
+    assert _invoke(*args, "--steps", "2", "--force").exit_code == 0
+    assert sorted(p.name for p in run.glob("samples_step_*")) == [
+        "samples_step_0.png", "samples_step_2.png"]

@@ -52,7 +52,7 @@ def gan() -> None:
 @click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
 @click.option("--g-lr", type=float, default=2e-4, show_default=True,
               help="Adam learning rate of the generator (beta1 0.5).")
-@click.option("--d-lr", type=float, default=0.02, show_default=True,
+@click.option("--d-lr", type=float, default=0.005, show_default=True,
               help="SGD learning rate of the discriminator.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -75,6 +75,8 @@ def gan() -> None:
 @click.option("--exclusive", is_flag=True,
               help="Use only images whose single label is the class.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/class_XX/last.pt.")
+@click.option("--force", is_flag=True,
+              help="Start over in a class folder that already holds a run.")
 @click.option("--max-memory", type=float, default=4.0, show_default=True,
               help="GiB of resized images to hold in memory; above it batches are read "
                    "from the cache.")
@@ -82,7 +84,8 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, size: 
           width: int, steps: int | None, epochs: float | None, batch_size: int, g_lr: float,
           d_lr: float, seed: int, device: str, sample_every: int, checkpoint_every: int,
           fold: int | None, folds: int, fold_seed: int | None, fold_classes: str,
-          folds_file: str | None, exclusive: bool, resume: bool, max_memory: float) -> None:
+          folds_file: str | None, exclusive: bool, resume: bool, force: bool,
+          max_memory: float) -> None:
     """Train one DCGAN per class on the cache's images of that class.
 
     The paper's recipe: images in [-1, 1], Adam for G, SGD for D, 5% flipped labels,
@@ -105,6 +108,8 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, size: 
         raise click.UsageError("give --steps or --epochs, not both")
     if epochs is not None and not epochs > 0:
         raise click.BadParameter("must be > 0", param_hint="--epochs")
+    if resume and force:
+        raise click.UsageError("give --resume or --force, not both")
     if fold is None and (folds_file or fold_seed is not None):
         raise click.UsageError("--folds-file and --fold-seed need --fold K")
 
@@ -150,6 +155,14 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, size: 
         plan.append((c, rows))
 
     out_dir = Path(out)
+    for c, _ in plan:
+        run = out_dir / f"class_{c:02d}"
+        if (run / "last.pt").exists() and not (resume or force):
+            raise HpatkError(f"'{run}' already holds a GAN run; pass --resume to continue it "
+                             f"or --force to start over")
+        if force:  # stale grids of the old run would sit beside the new ones
+            for old in run.glob("samples_step_*.png"):
+                old.unlink()
     for c, rows in plan:
         n_steps = steps if steps is not None else (
             math.ceil(epochs * len(rows) / batch_size) if epochs is not None else 10000)

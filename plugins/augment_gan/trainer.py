@@ -53,7 +53,9 @@ class GanTrainConfig:
         steps: D+G updates (the paper shows samples after 2,000 and 10,000).
         batch_size: images per real (and per fake) mini-batch.
         g_lr, g_beta1: Adam for the generator (Keras-GAN: 2e-4, 0.5).
-        d_lr, d_momentum: SGD for the discriminator.
+        d_lr, d_momentum: SGD for the discriminator. The paper gives no rate; 0.005
+            gave samples closer to the real pixel distributions than 0.02 or 0.1 in
+            short CPU runs on the synthetic data (32 px, width 4 and 8).
         real_label: one-sided label smoothing target for real images.
         flip: fraction of D's labels flipped per batch.
         dropout: the discriminator's dropout (recorded; the model is built with it).
@@ -70,7 +72,7 @@ class GanTrainConfig:
     batch_size: int = 32
     g_lr: float = 2e-4
     g_beta1: float = 0.5
-    d_lr: float = 0.02
+    d_lr: float = 0.005
     d_momentum: float = 0.0
     real_label: float = 0.9
     flip: float = 0.05

@@ -185,6 +185,16 @@ def test_short_training_writes_everything(synth_cache, tmp_path):
     assert np.mean(d[-4:]) < np.mean(d[:2])
 
 
+def test_fit_is_the_python_entry_point(synth_cache, tmp_path):
+    gan = get_registry().augmentations.create("dcgan", channels=4, image_size=16, width=1)
+    history = gan.fit(_class_images(synth_cache, 2), steps=3, batch_size=4, device="cpu",
+                      sample_every=0, out_dir=tmp_path)
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "generator.pt")["steps"] == 3
+    with pytest.raises(TypeError):
+        gan.fit(_class_images(synth_cache, 2), stepz=3)
+
+
 def _run(images, seed, steps=5, **kw):
     torch.manual_seed(seed)
     gan = DCGAN(channels=4, image_size=16, width=2)

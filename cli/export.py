@@ -16,8 +16,10 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
               help="The .onnx file to write (replaced only when every check passes).")
 @click.option("--opset", type=click.IntRange(7, 30), default=None,
               help="ONNX opset [default: 17 with --legacy, 18 with --dynamo].")
-@click.option("--dynamo/--legacy", default=False, show_default=True,
-              help="torch.export-based exporter (needs onnxscript) or the TorchScript one.")
+@click.option("--dynamo/--legacy", default=None,
+              help="Force torch's torch.export-based exporter (needs onnxscript) or the "
+                   "TorchScript one [default: TorchScript, dynamo where it cannot convert "
+                   "the model].")
 @click.option("--probabilities/--logits", default=True, show_default=True,
               help="Classifiers: end the graph with a sigmoid, or output logits.")
 @click.option("--size", type=click.IntRange(8), default=None,
@@ -30,7 +32,8 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
               help="Training images for --quantize: a dataset folder or a cache (.h5).")
 @click.option("--calibration-n", type=click.IntRange(1), default=64, show_default=True,
               help="Calibration images drawn at random from --calibration.")
-def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabilities: bool,
+def export(checkpoint: str, out: str, opset: int | None, dynamo: bool | None,
+           probabilities: bool,
            size: int | None, no_verify: bool, quantize: str | None, calibration: str | None,
            calibration_n: int) -> None:
     """Export a trained checkpoint (classifier or generator) to ONNX.
@@ -52,11 +55,13 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool, probabili
     from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
 
     res = export_checkpoint(checkpoint, out, opset=opset,
-                            exporter="dynamo" if dynamo else "legacy",
+                            exporter={None: "auto", True: "dynamo", False: "legacy"}[dynamo],
                             output="probabilities" if probabilities else "logits",
                             size=size, verify=not no_verify, quantize=quantize,
                             calibration=calibration, calibration_n=calibration_n)
     mb = sum(f.stat().st_size for f in res.files) / 1e6
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(f"exported {res.kind}: {res.summary}")
     click.echo(f"  {', '.join(str(f) for f in res.files)} ({mb:.1f} MB), {res.exporter} "
                f"exporter, opset {res.opset}, onnx.checker full check passed, "

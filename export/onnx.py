@@ -7,13 +7,16 @@ torch exporter, embed metadata, ``onnx.checker`` (full check), parity against Py
 with ONNX Runtime at batch 1, 2 and 7, and only then move the file into place. A new
 kind plugs in with ``@register_exporter("kind")``.
 
-Exporters: ``legacy`` (TorchScript, opset 17; the default: fast, single file, measured
-on every backbone here) and ``dynamo`` (torch.export, opset 18+; needs onnxscript).
-torch 2.14 defaults to dynamo, so the choice is always passed explicitly.
+Exporters: ``legacy`` (TorchScript, opset 17: fast, one file) and ``dynamo``
+(torch.export, opset 18+; needs onnxscript; slower). torch 2.14 defaults to dynamo, so
+the choice is always passed explicitly. ``auto`` (the default) uses legacy and falls back
+to dynamo only where the TorchScript exporter cannot convert the model (timm's vgg16
+below 224 px: an adaptive pooling that upsamples); the file records which one ran.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-EXPORTERS = ("legacy", "dynamo")
+EXPORTERS = ("auto", "legacy", "dynamo")
 DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
 # torch.export specialises batch sizes 0 and 1, so trace at 2 to keep the axis dynamic.
 EXPORT_BATCH = 2
@@ -84,6 +87,7 @@ class ExportResult:
     parity: dict[int, dict[str, float]] | None  # batch -> {"max_abs", "max_rel"}
     seconds: float
     quantization: dict[str, Any] | None = None  # int8: method, agreement with the float
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. an exporter fallback
 
     @property
     def max_abs_error(self) -> float | None:
@@ -112,7 +116,7 @@ def exporter_kinds() -> list[str]:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                      opset: int | None = None, exporter: str = "legacy",
+                      opset: int | None = None, exporter: str = "auto",
                       output: str = "probabilities", size: int | None = None,
                       verify: bool = True, quantize: str | None = None,
                       calibration: str | os.PathLike[str] | None = None,
@@ -123,7 +127,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
         checkpoint: a ``.pt`` written by hpatk (its ``kind`` picks the exporter).
         out: the ``.onnx`` to write; replaced only when every check passed.
         opset: ONNX opset (default 17 for ``legacy``, 18 for ``dynamo``).
-        exporter: ``"legacy"`` (TorchScript) or ``"dynamo"`` (torch.export).
+        exporter: ``"legacy"`` (TorchScript), ``"dynamo"`` (torch.export) or ``"auto"``
+            (legacy, falling back to dynamo where legacy cannot convert the model).
         output: classifiers: ``"probabilities"`` (sigmoid in the graph) or ``"logits"``.
         size: classifiers: the input size (default: the checkpoint's training size).
         verify: run the PyTorch parity check (``onnx.checker`` always runs).
@@ -159,8 +164,19 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     calib = _calibration(quantize, calibration, calibration_n, kind, spec.metadata)
     if verify:  # first: fail fast, before a possibly slow trace
         x, refs = reference_outputs(spec)
-    opset = DEFAULT_OPSET[exporter] if opset is None else int(opset)
-    proto = _trace(spec, exporter, opset)
+    notes: list[str] = []
+    if exporter == "auto":
+        try:
+            exporter, proto = "legacy", _trace(spec, "legacy", opset or DEFAULT_OPSET["legacy"])
+        except HpatkError as legacy:
+            exporter = "dynamo"
+            try:
+                proto = _trace(spec, "dynamo", max(opset or 0, DEFAULT_OPSET["dynamo"]))
+            except HpatkError as dynamo:
+                raise HpatkError(f"{legacy}; and {dynamo}") from dynamo
+            notes.append(f"{legacy}; exported with dynamo instead")
+    else:
+        proto = _trace(spec, exporter, DEFAULT_OPSET[exporter] if opset is None else opset)
     opset = _default_opset(proto)
     meta = {
         "kind": kind, "format": METADATA_FORMAT, **spec.metadata,
@@ -182,7 +198,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
         files = _move_into_place(staged, out.parent)
     return ExportResult(path=out, files=files, kind=kind, exporter=exporter, opset=opset,
                         metadata=meta, summary=spec.summary, parity=parity,
-                        seconds=time.monotonic() - start, quantization=quant)
+                        seconds=time.monotonic() - start, quantization=quant, notes=notes)
 
 
 def _calibration(quantize: str | None, data: str | os.PathLike[str] | None, n: int,
@@ -272,9 +288,8 @@ def _trace(spec: ExportSpec, exporter: str, opset: int) -> onnx.ModelProto:
     except HpatkError:
         raise
     except Exception as exc:
-        hint = " (try --dynamo)" if exporter == "legacy" else " (try --legacy)"
         raise HpatkError(f"the {exporter} exporter failed at opset {opset}: "
-                         f"{type(exc).__name__}: {_first_line(exc)}{hint}") from exc
+                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

@@ -36,13 +36,13 @@ def make_realistic(model, size: int, in_chans: int = 4, seed: int = 0):
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.momentum = None  # cumulative average over the calibration batches
-    x = torch.randn(6, in_chans, size, size, generator=g)  # normalised inputs
     model.train()
-    with torch.no_grad():
-        model(x)
+    with torch.no_grad():  # normalised inputs; 16 of them: heads pool to 1x1 maps
+        for _ in range(2):
+            model(torch.randn(8, in_chans, size, size, generator=g))
     model.eval()
     with torch.no_grad():
-        logits = model(x)
+        logits = model(torch.randn(6, in_chans, size, size, generator=g))
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         scale = 2.0 / float(logits.std().clamp_min(1e-6))
         head.weight.mul_(scale)
@@ -303,6 +303,35 @@ def test_parity_failure_fails_loudly_and_writes_nothing(tmp_path, monkeypatch):
         export_checkpoint(tmp_path / "ck.pt", out)
     assert out.read_bytes() == b"previous model"  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "m.onnx"]
+
+
+class _UpsamplingPool(torch.nn.Module):
+    """timm's vgg16 below 224 px: an adaptive pooling that upsamples (3x3 -> 7x7), which
+    the TorchScript exporter cannot convert."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 3, stride=8, padding=1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(7)
+        self.fc = torch.nn.Linear(3 * 49, 28)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(self.pool(self.conv(x)).flatten(1)))
+
+
+def test_auto_exporter_falls_back_to_dynamo(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    from hpatk.export import export_checkpoint, read_metadata
+
+    classifier_ckpt(tmp_path / "ck.pt", size=24)
+    _swap_exporter(monkeypatch, _UpsamplingPool())
+    with pytest.raises(HpatkError, match="legacy exporter failed .*adaptive_avg_pool2d"):
+        export_checkpoint(tmp_path / "ck.pt", tmp_path / "m.onnx", exporter="legacy")
+    assert not (tmp_path / "m.onnx").exists()
+    res = export_checkpoint(tmp_path / "ck.pt", tmp_path / "m.onnx")  # auto
+    assert res.exporter == "dynamo" and res.opset == 18 and set(res.parity) == {1, 2, 7}
+    assert "exported with dynamo instead" in res.notes[0]
+    assert read_metadata(res.path)["exporter"] == "dynamo"
 
 
 class _Constant(torch.nn.Module):

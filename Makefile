@@ -16,7 +16,7 @@ $(BIN)/hpatk: setup.py constraints.txt
 install: $(BIN)/hpatk
 
 demo: install
-	$(BIN)/python -m hpatk.cli.demo
+	$(BIN)/hpatk demo --out demo-run
 
 test: install
 	$(BIN)/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS) tests

@@ -57,7 +57,7 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
               help="Any registered backbone (inceptionv4 is the paper's; slower on a CPU).")
 @click.option("--gan/--no-gan", default=True, show_default=True,
               help="Train a small per-class DCGAN and train with --aug gan.")
-@click.option("--gan-steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--gan-steps", type=click.IntRange(min=1), default=600, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: Path, n: int, size: int, epochs: int, backbone: str, gan: bool, gan_steps: int,
          seed: int) -> None:

@@ -2,9 +2,10 @@
 
 QDQ format, per-channel int8 weights, uint8 activations calibrated (MinMax) on real
 preprocessed training images: ONNX Runtime's CPU kernels fuse the QDQ pairs into
-integer convolutions (VNNI where the CPU has it). The input normalisation, the
-classifier head (Gemm) and the sigmoid stay in float, so probabilities keep their
-resolution near the thresholds.
+integer convolutions (VNNI where the CPU has it). The input normalisation, the first
+convolution (it sees the raw normalised pixels: quantizing it flipped decisions in our
+measurements), the classifier head (Gemm) and the sigmoid stay in float, so
+probabilities keep their resolution near the thresholds.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, input_name: str) -> 
     Returns:
         ``{"method", "calibration_images", "seconds"}``.
     """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -105,10 +107,13 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, input_name: str) -> 
     try:
         # ORT's recommended preparation: graph optimisations and shapes before QDQ.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        first_conv = next((n.name for n in onnx.load(str(pre), load_external_data=False)
+                           .graph.node if n.op_type == "Conv"), None)
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=False,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=INT8_OPS, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=[first_conv] if first_conv else None,
                         extra_options={"CalibStridedMinMax": stride})
     except HpatkError:
         raise
@@ -118,7 +123,8 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, input_name: str) -> 
                          f"{text[0] if text else ''}") from exc
     finally:
         pre.unlink(missing_ok=True)
-    return {"method": "int8 static QDQ, per-channel weights, MinMax", "ops": INT8_OPS,
+    return {"method": "static QDQ, per-channel int8 weights, uint8 activations (MinMax), "
+                      "first conv and head in float", "ops": INT8_OPS,
             "calibration_images": int(len(images)),
             "seconds": round(time.monotonic() - start, 1)}
 

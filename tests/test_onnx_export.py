@@ -36,13 +36,21 @@ def make_realistic(model, size: int, in_chans: int = 4, seed: int = 0):
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.momentum = None  # cumulative average over the calibration batches
+    from hpatk.export.onnx import _image_inputs
+
+    def batch(n: int, seed: int):  # images like the export's parity inputs, normalised
+        x = torch.from_numpy(_image_inputs(n, seed, MEAN, STD, size))
+        return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
     model.train()
-    with torch.no_grad():  # normalised inputs; 16 of them: heads pool to 1x1 maps
-        for _ in range(2):
-            model(torch.randn(8, in_chans, size, size, generator=g))
+    with torch.no_grad():  # 16 images: the paper's heads normalise 1x1 feature maps
+        for i in range(2):
+            model(torch.cat([batch(4, seed + 100 + i),
+                             torch.randn(4, in_chans, size, size, generator=g)]))
     model.eval()
     with torch.no_grad():
-        logits = model(torch.randn(6, in_chans, size, size, generator=g))
+        logits = model(torch.cat([batch(3, seed + 200),
+                                  torch.randn(3, in_chans, size, size, generator=g)]))
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         scale = 2.0 / float(logits.std().clamp_min(1e-6))
         head.weight.mul_(scale)

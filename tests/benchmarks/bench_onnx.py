@@ -52,19 +52,26 @@ def realistic_checkpoint(backbone: str, size: int, path: Path) -> dict[str, Any]
     from hpatk.core import __version__, get_registry
     from hpatk.core.checkpoint import save_checkpoint
     from hpatk.core.classes import CLASS_NAMES, STAINS
+    from hpatk.export.onnx import _image_inputs
 
     torch.manual_seed(0)
     model = get_registry().backbones.create(backbone, num_classes=28, in_chans=4)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
-        bn.momentum = None
-    calib = torch.randn(4, 4, min(size, 160), min(size, 160))  # normalised-like inputs
+        bn.momentum = None  # cumulative average over the calibration batches
+    def batch(seed: int) -> torch.Tensor:  # the export's own varied inputs, normalised
+        x = torch.from_numpy(_image_inputs(4, seed, MEAN, STD, size))
+        return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
     model.train()
-    with torch.no_grad():
-        model(calib)
+    with torch.no_grad():  # at the real size: BatchNorm statistics depend on it
+        for seed in range(3):
+            model(batch(100 + seed))
         model.eval()
-        head = model.get_classifier()
-        head.weight.mul_(2.0 / float(model(calib).std().clamp_min(1e-6)))
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.mul_(2.0 / float(model(batch(200)).std().clamp_min(1e-6)))
+    for bn in bns:
+        bn.momentum = 0.1
     ckpt = {
         "kind": "classifier", "format": 1, "hpatk_version": __version__,
         "model": {"backbone": backbone, "num_classes": 28, "in_chans": 4, "kwargs": {}},

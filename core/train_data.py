@@ -149,9 +149,10 @@ def write_run_folds(plan: DataPlan, path: str | os.PathLike[str]) -> None:
 def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tuple[Any, Any, int]:
     """Training and validation datasets of ``fold``.
 
-    With ``synthetic``, the training set adds the cache's GAN samples whose provenance
-    fold is ``fold`` or None (never samples generated from another fold's training data,
-    which may have seen this fold's validation images).
+    With ``synthetic``, the training set adds the cache's GAN samples whose generator was
+    trained on this fold's training part (provenance fold == ``fold``). Samples of a
+    generator trained on all images (fold None) or on another fold have seen this fold's
+    validation images, so they are never used.
 
     Returns:
         (train dataset, validation dataset, number of synthetic samples added).
@@ -167,8 +168,11 @@ def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tupl
         return train, val, 0
     syn_rows = synthetic_rows(plan, fold)
     if len(syn_rows) == 0:
-        raise HpatkError(f"--aug gan: cache '{plan.path}' has no synthetic samples for fold "
-                         f"{fold} and classes {classes}; run hpatk gan train/sample first")
+        raise HpatkError(f"--aug gan: cache '{plan.path}' has no synthetic samples of "
+                         f"classes {classes} from generators trained on fold {fold}'s training "
+                         f"images; run hpatk gan train --fold {fold} and hpatk gan sample "
+                         f"first (samples of generators without --fold saw the validation "
+                         f"images)")
     syn = CacheDataset(plan.path, indices=syn_rows, synthetic="only", classes=classes)
     return ConcatDataset([train, syn]), val, len(syn_rows)
 
@@ -183,5 +187,5 @@ def synthetic_rows(plan: DataPlan, fold: int) -> np.ndarray:
         return np.zeros(0, dtype=int)
     cls = np.asarray(info["class_index"], dtype=int)
     prov = np.asarray(info["fold"], dtype=int)  # -1 = None
-    ok = ((prov == fold) | (prov < 0)) & np.isin(cls, plan.classes)
+    ok = (prov == fold) & np.isin(cls, plan.classes)
     return np.flatnonzero(ok)

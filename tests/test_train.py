@@ -337,7 +337,7 @@ def test_bad_options_are_one_line_errors(small_cache, tmp_path, args, message):
 def test_aug_gan_without_synthetic_samples_says_what_to_do(small_cache, tmp_path):
     r = invoke("train", "--data", small_cache, "--backbone", TINY, "--classes", "top5",
                "--aug", "gan", "--epochs", 1, "--out", tmp_path / "g", ok=False)
-    assert r.exit_code == 1 and "hpatk gan train/sample first" in r.output
+    assert r.exit_code == 1 and "hpatk gan train --fold 0 and hpatk gan sample" in r.output
 
 
 def test_aug_gan_uses_only_this_folds_synthetic_samples(small_cache, tmp_path):
@@ -352,11 +352,11 @@ def test_aug_gan_uses_only_this_folds_synthetic_samples(small_cache, tmp_path):
     img = np.zeros((3, 4, 32, 32), np.uint8)
     add_synthetic(cache, img, 0, generator="test", fold=0, seed=0)
     add_synthetic(cache, img[:2], 25, generator="test", fold=1, seed=0)
-    add_synthetic(cache, img[:1], 2, generator="test", fold=None, seed=0)
+    add_synthetic(cache, img[:1], 2, generator="test", fold=None, seed=0)  # saw all folds
     add_synthetic(cache, img[:4], 7, generator="test", fold=0, seed=0)  # not a top5 class
     plan = plan_data(TrainConfig(data=str(cache), classes="top5", aug="gan"))
     train, val, n_syn = fold_datasets(plan, 0, synthetic=True)
-    assert n_syn == 4 and len(train) == len(plan.split(0)[0]) + 4
+    assert n_syn == 3 and len(train) == len(plan.split(0)[0]) + 3
     assert len(val) == len(plan.split(0)[1])
     _, _, n1 = fold_datasets(plan, 1, synthetic=True)
-    assert n1 == 3
+    assert n1 == 2

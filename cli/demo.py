@@ -29,7 +29,6 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
     """Macro/micro F1 of a Kaggle submission against the synthetic test answers,
     over ``classes``."""
     import numpy as np
-
     from hpatk.core.metrics import macro_f1, micro_f1
 
     def read(path: Path, column: str) -> dict[str, set[int]]:

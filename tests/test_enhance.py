@@ -354,3 +354,19 @@ def test_fork_after_use_does_not_hang():
         if child.is_alive():
             child.kill()
     assert np.array_equal(out, expected)
+
+
+def test_cpu_apply_uint8_does_not_import_torch():
+    """Cache-build workers call apply_uint8 only; importing torch there costs seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from hpatk.core import get_registry\n"
+            "for name in ('clahe', 'ahe', 'he', 'none'):\n"
+            "    enh = get_registry().enhancers.create(name)\n"
+            "    enh.apply_uint8(np.zeros((4, 32, 32), np.uint8))\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

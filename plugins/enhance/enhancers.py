@@ -73,13 +73,13 @@ class PlaneEnhancer(Enhancer):
     # -- public API ---------------------------------------------------------------------
     def _torch_device(self, current: torch.device | None) -> torch.device | None:
         """The torch device to compute on, or None for OpenCV on the CPU."""
-        import torch
-
         if self.device == "cpu" or (self.device == "auto" and (current is None
                                                                 or current.type == "cpu")):
-            return None
+            return None  # before importing torch: cache-build workers never need it
         if self.device == "auto":
             return current
+        import torch
+
         if not torch.cuda.is_available():
             raise EnhanceError(f"device={self.device!r} but CUDA is not available: use "
                                "device='auto' or 'cpu'")

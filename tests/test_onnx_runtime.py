@@ -15,28 +15,24 @@ ort = pytest.importorskip("onnxruntime")
 
 from hpatk.core.errors import HpatkError  # noqa: E402
 from hpatk.export.metadata import PREFIX  # noqa: E402
-from test_onnx_export import ENHANCE, classifier_ckpt, images01, torch_outputs  # noqa: E402
+from test_onnx_export import ENHANCE, images01, shared_export, torch_outputs  # noqa: E402
 
 SIZE = 32
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A resnet18 classifier at 32 px (CLAHE), exported; returns (ckpt, path)."""
-    from hpatk.export import export_checkpoint
-
-    d = tmp_path_factory.mktemp("rt")
-    ckpt = classifier_ckpt(d / "ck.pt", size=SIZE, seed=4)
-    export_checkpoint(d / "ck.pt", d / "model.onnx")
-    return ckpt, d / "model.onnx"
+@pytest.fixture
+def model():
+    """A resnet18 classifier at 32 px (CLAHE), exported once per process: (ckpt, path)."""
+    ckpt, res, _ = shared_export(SIZE)
+    return ckpt, res.path
 
 
 @pytest.fixture(scope="module")
-def clf(model):
+def clf():
     from hpatk.export import OnnxClassifier
 
-    return OnnxClassifier(model[1], provider="cpu")
+    return OnnxClassifier(shared_export(SIZE)[1].path, provider="cpu")
 
 
 def _rewrite(src, dst, edit):

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
 from hpatk.cli.main import cli  # noqa: E402
-from test_onnx_export import ENHANCE, classifier_ckpt, generator_ckpt  # noqa: E402
+from test_onnx_export import ENHANCE, generator_ckpt, shared_export  # noqa: E402
 
 SIZE = 32  # the model's input; the dataset's PNGs are 64 px
 
@@ -28,15 +28,22 @@ def data(tmp_path_factory):
                           n_test=10, workers=1)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """(checkpoint path, checkpoint dict, exported .onnx) for resnet18 at 32 px, CLAHE."""
-    from hpatk.export import export_checkpoint
+@pytest.fixture
+def model():
+    """(checkpoint path, checkpoint dict, exported .onnx): resnet18 at 32 px, CLAHE,
+    exported once per process (read-only)."""
+    ckpt, res, d = shared_export(SIZE)
+    return d / "ck.pt", ckpt, res.path
 
-    d = tmp_path_factory.mktemp("predmodel")
-    ckpt = classifier_ckpt(d / "ck.pt", size=SIZE, seed=5)
-    export_checkpoint(d / "ck.pt", d / "model.onnx")
-    return d / "ck.pt", ckpt, d / "model.onnx"
+
+@pytest.fixture(scope="module")
+def cache(data, tmp_path_factory):
+    """The training split cached as the model expects (CLAHE, 32 px), like hpatk train."""
+    from hpatk.core.cache import build_cache
+
+    params = {k: v for k, v in ENHANCE.items() if k != "name"}
+    return build_cache(data, tmp_path_factory.mktemp("cache") / "c32.h5", enhance="clahe",
+                       enhance_params=params, size=SIZE, workers=1)
 
 
 def _invoke(*args):
@@ -85,19 +92,16 @@ def test_predict_writes_a_kaggle_submission(data, model, tmp_path):
     assert ckpt["thresholds"] == pytest.approx(clf.thresholds.tolist())
 
 
-def test_predict_equals_evaluate(data, model, tmp_path):
+def test_predict_equals_evaluate(data, model, cache, tmp_path):
     """ONNX on PNGs == the checkpoint in PyTorch on the training cache (hpatk evaluate's
     path), image for image: same preprocessed pixels, same probabilities, same labels."""
-    from hpatk.core.cache import CacheDataset, build_cache
+    from hpatk.core.cache import CacheDataset
     from hpatk.core.data import load_stains, read_kaggle
     from hpatk.core.evaluate import predict_probs
     from hpatk.core.metrics import apply_thresholds
     from hpatk.export import OnnxClassifier
 
     ck_path, ckpt, onnx_path = model
-    params = {k: v for k, v in ENHANCE.items() if k != "name"}
-    cache = build_cache(data, tmp_path / "cache.h5", enhance="clahe", enhance_params=params,
-                        size=SIZE, workers=1)
     ids, torch_probs = predict_probs(ck_path, cache)
 
     sub, probs = tmp_path / "sub.csv", tmp_path / "probs.csv"
@@ -232,13 +236,13 @@ def test_predict_strict_refuses_cpu_fallback(data, model, tmp_path):
     assert "ONNX Runtime providers: CPUExecutionProvider" in r.output
 
 
-def test_trained_model_end_to_end(data, tmp_path):
+def test_trained_model_end_to_end(data, cache, tmp_path):
     """hpatk train -> hpatk export (parity) -> hpatk predict: a correct Kaggle submission
     on the CPU provider, and the ONNX probabilities equal hpatk evaluate's PyTorch ones."""
     from hpatk.core.evaluate import predict_probs
 
     run = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "resnet18",
+    r = CliRunner().invoke(cli, ["train", "--data", str(cache), "--backbone", "resnet18",
                                  "--epochs", "1", "--size", str(SIZE), "--aug", "none",
                                  "--batch-size", "8", "--out", str(run)])
     assert r.exit_code == 0, r.output
@@ -259,7 +263,7 @@ def test_trained_model_end_to_end(data, tmp_path):
     r = _invoke(tmp_path / "m.onnx", data, "--split", "train", "--out", tmp_path / "t.csv",
                 "--probs", tmp_path / "p.csv", "--provider", "cpu")
     assert r.exit_code == 0, r.output
-    ids, torch_probs = predict_probs(run / "best_macro_f1.pt", data)
+    ids, torch_probs = predict_probs(run / "best_macro_f1.pt", cache)
     _, onnx_ids, onnx_probs = _probs_csv(tmp_path / "p.csv")
     np.testing.assert_allclose(onnx_probs[[onnx_ids.index(i) for i in ids]], torch_probs,
                                rtol=1e-3, atol=1e-5)
@@ -289,7 +293,7 @@ def test_export_int8(data, model, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-def test_export_int8_options(data, model, tmp_path):
+def test_export_int8_options(data, model, cache, tmp_path):
     from hpatk.core.cache import build_cache
     from hpatk.core.errors import HpatkError
     from hpatk.export import export_checkpoint
@@ -309,22 +313,16 @@ def test_export_int8_options(data, model, tmp_path):
     with pytest.raises(HpatkError, match="holds 48 px"):
         export_checkpoint(ck_path, out, quantize="int8", calibration=wrong)
     assert not out.exists()
-    right = build_cache(data, tmp_path / "c32.h5", enhance="clahe", enhance_params=params,
-                        size=SIZE, workers=1)
-    res = export_checkpoint(ck_path, out, quantize="int8", calibration=right,
+    res = export_checkpoint(ck_path, out, quantize="int8", calibration=cache,
                             calibration_n=5, verify=False)
     assert res.quantization["calibration_images"] == 5 and out.is_file()
 
 
-def test_trained_generator_exports(data, tmp_path):
+def test_trained_generator_exports(cache, tmp_path):
     """hpatk gan train -> hpatk export: the generator the GAN command writes exports and
     matches PyTorch."""
-    from hpatk.core.cache import build_cache
     from hpatk.export import OnnxGenerator, read_metadata
 
-    params = {k: v for k, v in ENHANCE.items() if k != "name"}
-    cache = build_cache(data, tmp_path / "c.h5", enhance="clahe", enhance_params=params,
-                        size=SIZE, workers=1)
     r = CliRunner().invoke(cli, ["gan", "train", "--data", str(cache), "--class", "0",
                                  "--size", "16", "--width", "2", "--steps", "3",
                                  "--batch-size", "4", "--sample-every", "0",

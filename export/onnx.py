@@ -360,11 +360,18 @@ def verify_parity(spec: ExportSpec, path: Path, x: np.ndarray,
                   refs: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
     """Compare ONNX Runtime (CPU) on ``path`` with the PyTorch outputs ``refs``.
 
+    The criterion is rtol 1e-3 / atol 1e-5. Deep random-like networks can be so
+    ill-conditioned that PyTorch's own float32 result is that far from the exact one;
+    then, and only then, the ONNX output passes if it is at most twice as far from a
+    float64 PyTorch reference as PyTorch float32 is (float32 rounding, not an export
+    error, which would be orders of magnitude larger); the report says so.
+
     Returns:
-        ``{batch: {"max_abs": float, "max_rel": float}}``.
+        ``{batch: {"max_abs": float, "max_rel": float}}`` (+ ``"float64_onnx"`` and
+        ``"float64_torch"``, the max errors against float64, when that was needed).
 
     Raises:
-        HpatkError: a wrong output shape or a difference beyond rtol 1e-3 / atol 1e-5.
+        HpatkError: a wrong output shape, or a difference beyond both criteria.
     """
     from hpatk.export.runtime import create_session
 
@@ -378,12 +385,31 @@ def verify_parity(spec: ExportSpec, path: Path, x: np.ndarray,
         diff = np.abs(got.astype(np.float64) - ref)
         report[b] = {"max_abs": float(diff.max()),
                      "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max())}
-        if not np.allclose(got, ref, rtol=RTOL, atol=ATOL):
+        if np.allclose(got, ref, rtol=RTOL, atol=ATOL):
+            continue
+        exact = _float64_outputs(spec, x[:b])
+        onnx_err = float(np.abs(got - exact).max())
+        torch_err = float(np.abs(ref - exact).max())
+        report[b].update(float64_onnx=onnx_err, float64_torch=torch_err)
+        if onnx_err > 2 * torch_err + ATOL:
             worst = np.unravel_index(int(np.argmax(diff - RTOL * np.abs(ref))), diff.shape)
             raise HpatkError(
                 f"parity check failed at batch {b}: ONNX {got[worst]:.6g} vs PyTorch "
-                f"{ref[worst]:.6g} at {tuple(int(i) for i in worst)} (rtol {RTOL}, atol {ATOL})")
+                f"{ref[worst]:.6g} at {tuple(int(i) for i in worst)} (rtol {RTOL}, atol "
+                f"{ATOL}; against float64 ONNX is off by {onnx_err:.3g}, PyTorch float32 "
+                f"by {torch_err:.3g})")
     return report
+
+
+def _float64_outputs(spec: ExportSpec, x: np.ndarray) -> np.ndarray:
+    """The module's outputs computed in float64: the reference both float32 runs miss."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(spec.module).double()
+    with torch.inference_mode():
+        return module(torch.from_numpy(x).double()).numpy()
 
 
 def _varies(y: np.ndarray, saturating: bool = False) -> str | None:

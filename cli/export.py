@@ -50,7 +50,7 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool | None,
       hpatk export run1/best_macro_f1.pt --out model.onnx
       hpatk export run1/best_macro_f1.pt --out int8.onnx --quantize int8 \\
           --calibration hpa-data
-      hpatk export gan/class0/generator.pt --out gen0.onnx --dynamo
+      hpatk export gans/class_00/generator.pt --out gen0.onnx --dynamo
     """
     from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
 

@@ -433,11 +433,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """The checkpoint's model in eval mode with its weights (core's builder when present)."""
-    try:
-        from hpatk.core.checkpoint import build_classifier
-    except ImportError:  # older core: the documented format is enough to rebuild it
-        build_classifier = _fallback_build_classifier
+    """The checkpoint's model in eval mode with its weights (core's builder, as training)."""
+    from hpatk.core.checkpoint import build_classifier
+
     try:
         return build_classifier(ckpt).eval()
     except HpatkError:
@@ -445,17 +443,6 @@ def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
     except Exception as exc:
         raise HpatkError(f"cannot rebuild the classifier from the checkpoint: "
                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
-
-
-def _fallback_build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
-    from hpatk.core import get_registry
-
-    m = ckpt["model"]
-    model = get_registry().backbones.create(m["backbone"], num_classes=m["num_classes"],
-                                            in_chans=m["in_chans"], pretrained=None,
-                                            **m.get("kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
 
 
 def _classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],

@@ -31,6 +31,7 @@ from hpatk.core.batching import (
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.classes import CLASS_NAMES
 from hpatk.core.errors import HpatkError
+from hpatk.core.metrics import classification_metrics, predicted_metrics
 from hpatk.core.progress import progress
 from hpatk.core.registry import get_registry
 from hpatk.core.run import (
@@ -112,22 +113,6 @@ def train_epoch(model: nn.Module, loader: Any, prep: BatchPrep, loss_fn: nn.Modu
     if not torch.isfinite(loss_sum):
         raise TrainingDiverged(f"training loss is {float(loss_sum)}")
     return float(loss_sum) / max(n, 1)
-
-
-def classification_metrics(targets: np.ndarray, probs: np.ndarray,
-                           thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
-    """Macro F1, micro F1 and element-wise accuracy of ``probs >= thresholds``."""
-    y = (targets > 0.5).astype(np.uint8)
-    return predicted_metrics(y, (probs >= np.asarray(thresholds)).astype(np.uint8))
-
-
-def predicted_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Macro F1, micro F1 and element-wise accuracy of 0/1 predictions (N, K)."""
-    from hpatk.core.metrics import accuracy, macro_f1, micro_f1
-
-    return {"macro_f1": float(macro_f1(y_true, y_pred)),
-            "micro_f1": float(micro_f1(y_true, y_pred)),
-            "accuracy": float(accuracy(y_true, y_pred))}
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,

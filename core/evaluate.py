@@ -157,7 +157,12 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
     """
     from hpatk.core.checkpoint import load_checkpoint
     from hpatk.core.classes import CLASS_NAMES
-    from hpatk.core.metrics import apply_thresholds, per_class_f1
+    from hpatk.core.metrics import (
+        apply_thresholds,
+        classification_metrics,
+        per_class_f1,
+        predicted_metrics,
+    )
     from hpatk.core.train_config import read_config
 
     run = Path(run)
@@ -219,7 +224,6 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
         ths = [np.mean(ths, axis=0)] if all(t is not None for t in ths) else [None]
         sizes = [len(preds.ids)]
         what = f"'{data}' ({len(ckpts)} model{'s' if len(ckpts) > 1 else ''})"
-    from hpatk.core.engine import classification_metrics, predicted_metrics
 
     y = preds.targets
     at_half = classification_metrics(y, preds.probs)

@@ -1,13 +1,18 @@
-"""Multi-label metrics (numpy): macro / micro F1, element-wise accuracy, per-class F1, and
-per-class decision thresholds tuned for F1 on validation probabilities.
+"""Multi-label metrics: macro / micro F1 (scikit-learn), element-wise and subset
+accuracy, per-class F1, the macro F1 *over the classes present*, and per-class decision
+thresholds tuned for F1 on validation probabilities.
 
 Inputs are (N, K) arrays: ``y_true`` and ``y_pred`` of 0/1 (any integer, bool or float
 dtype), ``probs`` of probabilities. A label is predicted when ``prob >= threshold``.
 
 Classes with neither positives nor predictions have F1 = ``zero_division`` (0 by default),
-exactly as scikit-learn's ``f1_score(..., zero_division=0)``: the Kaggle HPA leaderboard
-scored such classes 0 as well, and a validation fold should contain every class anyway
-(multilabel-stratified folds do). Everything matches scikit-learn; the tests check it.
+exactly as scikit-learn's ``f1_score(..., zero_division=0)``, and a class without
+positives can never score above 0. A mean over all K classes is therefore diluted by
+every class the evaluated images do not contain (a validation fold of a 5-class dataset
+scored by a 28-class model: at most 5/28). hpatk reports ``macro_f1`` over the classes
+*present* (at least one positive in the evaluated set; scikit-learn's ``labels=`` those
+classes) and names the mean over all of the model's classes ``macro_f1_all`` (the
+Kaggle 28-class figure when the model predicts all 28).
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import numpy as np
 __all__ = [
     "accuracy",
     "apply_thresholds",
+    "classification_metrics",
+    "describe_macro_f1",
     "macro_f1",
     "micro_f1",
     "per_class_f1",
+    "predicted_metrics",
+    "present_classes",
     "subset_accuracy",
     "summary",
     "tune_thresholds",
@@ -34,38 +43,62 @@ def _pair(y_true: np.ndarray, y_other: np.ndarray, what: str) -> tuple[np.ndarra
     return t.astype(bool), o
 
 
-def _counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per-class true positives, false positives and false negatives, as int64 (K,)."""
-    t, p = _pair(y_true, y_pred, "y_pred")
-    p = p.astype(bool)
-    tp = np.count_nonzero(t & p, axis=0)
-    fp = np.count_nonzero(~t & p, axis=0)
-    fn = np.count_nonzero(t & ~p, axis=0)
-    return tp, fp, fn
-
-
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, zero_division: float) -> np.ndarray:
     denom = 2 * tp + fp + fn
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), float(zero_division))
 
 
+def _sk_f1(y_true: np.ndarray, y_pred: np.ndarray, average: str | None,
+           labels: np.ndarray | None, zero_division: float) -> np.ndarray | float:
+    """scikit-learn's ``f1_score`` on (N, K) indicators, for every K >= 1 and N >= 0."""
+    from sklearn.metrics import f1_score
+
+    t, p = _pair(y_true, y_pred, "y_pred")
+    p = p.astype(bool)
+    n, k = t.shape
+    labels = np.arange(k) if labels is None else np.asarray(labels, dtype=int)
+    if n == 0 or len(labels) == 0:  # scikit-learn refuses empty inputs
+        f1 = np.full(len(labels), float(zero_division))
+        return f1 if average is None else float(f1.mean()) if len(f1) else float(zero_division)
+    # scikit-learn reads an (N, 1) indicator as a binary problem: a column of zeros
+    # beside it keeps it multi-label (and is never among ``labels``)
+    t = np.hstack([t, np.zeros((n, 1), bool)])
+    p = np.hstack([p, np.zeros((n, 1), bool)])
+    return f1_score(t, p, average=average, labels=labels, zero_division=zero_division)
+
+
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0) -> np.ndarray:
-    """F1 of every class.
+    """F1 of every class (scikit-learn ``f1_score(average=None)``).
 
     Shape:
         (N, K), (N, K) -> (K,) float64.
     """
-    return _f1(*_counts(y_true, y_pred), zero_division).astype(np.float64)
+    return np.asarray(_sk_f1(y_true, y_pred, None, None, zero_division), dtype=np.float64)
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0) -> float:
-    """Mean of the per-class F1 scores: the Kaggle HPA metric.
+def present_classes(y_true: np.ndarray) -> np.ndarray:
+    """Column indices of the classes with at least one positive in ``y_true``.
+
+    Shape:
+        (N, K) -> (P,) int64, P <= K.
+    """
+    t = np.asarray(y_true)
+    if t.ndim != 2:
+        raise ValueError(f"y_true must be an (N, K) array, got shape {t.shape}")
+    return np.flatnonzero(t.astype(bool).any(axis=0))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0,
+             labels: np.ndarray | None = None) -> float:
+    """Mean of the per-class F1 scores over ``labels`` (all K columns by default: the
+    Kaggle HPA metric; pass ``present_classes(y_true)`` for the mean over the classes
+    present).
 
     Shape:
         (N, K), (N, K) -> float.
     """
-    return float(per_class_f1(y_true, y_pred, zero_division).mean())
+    return float(_sk_f1(y_true, y_pred, "macro", labels, zero_division))
 
 
 def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0) -> float:
@@ -74,8 +107,7 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0)
     Shape:
         (N, K), (N, K) -> float.
     """
-    tp, fp, fn = (c.sum() for c in _counts(y_true, y_pred))
-    return float(_f1(np.asarray(tp), np.asarray(fp), np.asarray(fn), zero_division))
+    return float(_sk_f1(y_true, y_pred, "micro", None, zero_division))
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -86,7 +118,7 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         (N, K), (N, K) -> float.
     """
     t, p = _pair(y_true, y_pred, "y_pred")
-    return float(np.mean(t == p.astype(bool)))
+    return float(np.mean(t == p.astype(bool))) if t.size else 0.0
 
 
 def subset_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -96,15 +128,56 @@ def subset_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     Shape:
         (N, K), (N, K) -> float.
     """
+    from sklearn.metrics import accuracy_score
+
     t, p = _pair(y_true, y_pred, "y_pred")
-    return float(np.mean(np.all(t == p.astype(bool), axis=1)))
+    if len(t) == 0:
+        return 0.0
+    return float(accuracy_score(t.astype(np.uint8), p.astype(bool).astype(np.uint8)))
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """``{"macro_f1", "micro_f1", "accuracy", "subset_accuracy"}`` of 0/1 predictions."""
+    """``{"macro_f1", "micro_f1", "accuracy", "subset_accuracy"}`` of 0/1 predictions
+    (``macro_f1`` over all K classes)."""
     return {"macro_f1": macro_f1(y_true, y_pred), "micro_f1": micro_f1(y_true, y_pred),
             "accuracy": accuracy(y_true, y_pred),
             "subset_accuracy": subset_accuracy(y_true, y_pred)}
+
+
+def predicted_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """What hpatk reports for 0/1 predictions (N, K).
+
+    Returns:
+        ``macro_f1`` (over the classes present in ``y_true``), ``macro_f1_all`` (over all
+        K), ``micro_f1``, ``accuracy`` (element-wise), ``classes_present`` (P) and
+        ``classes`` (K), the last two as ints.
+    """
+    present = present_classes(y_true)
+    return {"macro_f1": macro_f1(y_true, y_pred, labels=present),
+            "macro_f1_all": macro_f1(y_true, y_pred),
+            "micro_f1": micro_f1(y_true, y_pred), "accuracy": accuracy(y_true, y_pred),
+            "classes_present": int(len(present)), "classes": int(np.shape(y_true)[1])}
+
+
+def classification_metrics(targets: np.ndarray, probs: np.ndarray,
+                           thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    """:func:`predicted_metrics` of ``probs >= thresholds`` (targets binarised at 0.5).
+
+    Shape:
+        (N, K), (N, K), (K,) or scalar -> dict.
+    """
+    y = (np.asarray(targets) > 0.5).astype(np.uint8)
+    return predicted_metrics(y, (np.asarray(probs) >= np.asarray(thresholds)).astype(np.uint8))
+
+
+def describe_macro_f1(m: dict[str, float], digits: int = 4) -> str:
+    """``"macro F1 0.7450 over 5 of 28 classes present (0.1330 over all 28)"`` for a
+    :func:`predicted_metrics` dict (the parenthesis only when some class is absent)."""
+    p, k = int(m["classes_present"]), int(m["classes"])
+    text = f"macro F1 {m['macro_f1']:.{digits}f} over {p} of {k} classes present"
+    if p < k:
+        text += f" ({m['macro_f1_all']:.{digits}f} over all {k})"
+    return text
 
 
 def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = None,

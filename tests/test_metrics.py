@@ -146,3 +146,53 @@ def test_apply_thresholds_matches_plain_comparison_when_labels_exist():
     plain = probs >= th
     has = plain.any(axis=1)
     assert np.array_equal(pred[has], plain[has].astype(np.uint8))
+
+
+# -- macro F1 over the classes present ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_macro_f1_over_present_classes_equals_sklearn_labels(seed):
+    """28 model classes, a handful present: hpatk's macro F1 is scikit-learn's with
+    ``labels=`` the classes that have a positive; the all-classes mean is diluted."""
+    from hpatk.core.metrics import predicted_metrics, present_classes
+
+    rng = np.random.default_rng(300 + seed)
+    n, k = int(rng.integers(10, 80)), 28
+    present = np.sort(rng.choice(k, size=int(rng.integers(1, 8)), replace=False))
+    y_true = np.zeros((n, k), np.uint8)
+    y_true[:, present] = rng.random((n, len(present))) < 0.4
+    y_true[0, present] = 1  # every chosen class has a positive
+    y_pred = (rng.random((n, k)) < 0.2).astype(np.uint8)  # predictions on absent ones too
+    assert present_classes(y_true).tolist() == present.tolist()
+    m = predicted_metrics(y_true, y_pred)
+    assert m["classes_present"] == len(present) and m["classes"] == k
+    assert m["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0))
+    assert m["macro_f1_all"] == pytest.approx(
+        f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert m["macro_f1_all"] == pytest.approx(m["macro_f1"] * len(present) / k)
+    assert m["micro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="micro",
+                                                   zero_division=0))
+
+
+def test_single_class_is_multilabel_not_binary():
+    """An (N, 1) indicator stays one class (scikit-learn alone would score it binary)."""
+    y_true = np.array([[1], [0], [1], [1]])
+    y_pred = np.array([[1], [1], [0], [1]])
+    assert per_class_f1(y_true, y_pred).tolist() == pytest.approx([2 * 2 / (2 * 2 + 1 + 1)])
+    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true[:, 0], y_pred[:, 0]))
+
+
+def test_describe_macro_f1_names_the_classes_present():
+    from hpatk.core.metrics import classification_metrics, describe_macro_f1
+
+    y = np.zeros((4, 28), np.uint8)
+    y[:, :5] = np.eye(4, 5, dtype=np.uint8) + np.eye(4, 5, k=1, dtype=np.uint8)
+    probs = y * 0.9 + 0.05
+    m = classification_metrics(y, probs)
+    assert m["macro_f1"] == pytest.approx(1.0) and m["macro_f1_all"] == pytest.approx(5 / 28)
+    assert describe_macro_f1(m) == ("macro F1 1.0000 over 5 of 28 classes present "
+                                    "(0.1786 over all 28)")
+    full = classification_metrics(y[:, :5], probs[:, :5])
+    assert describe_macro_f1(full, 3) == "macro F1 1.000 over 5 of 5 classes present"

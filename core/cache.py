@@ -89,14 +89,6 @@ def _h5_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _umask() -> int:
-    with contextlib.suppress(OSError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
-
-
 def _compression_kwargs(compression: str) -> dict[str, Any]:
     if compression == "none":
         return {}
@@ -452,7 +444,6 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "build_seconds": round(time.monotonic() - start, 1),
                 })
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600: readable as any file
             with open(tmp, "rb") as fh:  # durable before it becomes visible
                 os.fsync(fh.fileno())
         _say(f"wrote {out}: {n} images {c}x{size}x{size} in {time.monotonic() - start:.1f}s",

@@ -30,6 +30,7 @@ from hpatk.core.batching import (
 )
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.classes import CLASS_NAMES
+from hpatk.core.device import amp_setup, resolve_device
 from hpatk.core.errors import HpatkError
 from hpatk.core.metrics import classification_metrics, predicted_metrics
 from hpatk.core.progress import progress
@@ -53,26 +54,6 @@ class TrainingDiverged(HpatkError):
 
 
 # -- small pieces the benchmark and tests reuse -------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HpatkError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def amp_setup(device: torch.device, amp: bool) -> tuple[torch.dtype | None, Any]:
-    """(autocast dtype or None, GradScaler or None): bf16 where supported, else fp16 with
-    a scaler; nothing on CPU."""
-    if not amp or device.type != "cuda":
-        return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
-
-
 def train_epoch(model: nn.Module, loader: Any, prep: BatchPrep, loss_fn: nn.Module,
                 optimizer: torch.optim.Optimizer, *, scaler: Any = None,
                 amp_dtype: torch.dtype | None = None, desc: str = "",

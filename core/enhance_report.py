@@ -31,18 +31,13 @@ from typing import TYPE_CHECKING, Any
 from hpatk.core.classes import STAINS
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open, atomic_path
+from hpatk.core.picture import composite
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 METRICS = ("mse", "psnr", "ssim")
-# display colour (R, G, B weights) of each stain in the composite: HPA's convention, yellow
-# (ER) adds to red and green at half strength so it does not wash the other stains out
-STAIN_COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
-    "yellow": (0.5, 0.5, 0.0),
-}
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
@@ -306,21 +301,6 @@ def _plain(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "x".join(str(v) for v in value)
     return str(value)
-
-
-def composite(image: np.ndarray, stains: Sequence[str]) -> np.ndarray:
-    """An RGB picture of a multi-stain image: red, green, blue as themselves, yellow
-    added to red and green at half strength (HPA's convention).
-
-    Shape:
-        uint8 (C, H, W) -> uint8 (H, W, 3)
-    """
-    import numpy as np
-
-    rgb = np.zeros((*image.shape[1:], 3), dtype=np.float32)
-    for plane, stain in zip(image, stains, strict=True):
-        rgb += plane[..., None].astype(np.float32) * np.asarray(STAIN_COLOURS[stain], np.float32)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path:

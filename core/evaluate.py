@@ -73,7 +73,7 @@ def predict_rows(ckpt: dict[str, Any], cache: Path, rows: np.ndarray | None, *,
     from hpatk.core.cache import CacheDataset, cache_ids, read_cache_meta
     from hpatk.core.checkpoint import build_classifier
     from hpatk.core.classes import STAINS
-    from hpatk.core.engine import resolve_device
+    from hpatk.core.device import resolve_device
 
     dev = resolve_device(device)
     classes = [int(c) for c in ckpt["classes"]]

@@ -36,6 +36,7 @@ from hpatk.core.classes import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_IMAGES, STAINS
 from hpatk.core.classes import class_subset as _class_subset
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import current_umask
+from hpatk.core.picture import composite
 from hpatk.core.progress import progress
 
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -259,9 +260,7 @@ def write_preview(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     for row in rows:
         g, r, b, y = (cv2.imread(str(data_dir / "train" / f"{row['Id']}_{s}.png"),
                                  cv2.IMREAD_GRAYSCALE) for s in STAINS)
-        half_y = (y // 2).astype(np.int16)
-        comp = cv2.merge([b, np.clip(g + half_y, 0, 255).astype(np.uint8),
-                          np.clip(r + half_y, 0, 255).astype(np.uint8)])
+        comp = np.ascontiguousarray(composite(np.stack([g, r, b, y]), STAINS)[..., ::-1])  # BGR
         green = cv2.cvtColor(clahe.apply(g), cv2.COLOR_GRAY2BGR)
         pair = [cv2.resize(im, (tile, tile), interpolation=cv2.INTER_AREA)
                 for im in (comp, green)]

@@ -17,7 +17,6 @@ below 224 px: an adaptive pooling that upsamples); the file records which one ra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hpatk.core.errors import HpatkError
+from hpatk.core.io import file_sha256
 from hpatk.core.version import __version__
 from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
 
@@ -240,15 +240,6 @@ def _quantized(float_path: Path, folder: Path, images: np.ndarray, meta: dict[st
     onnx.save_model(model, dst)
     _check(dst)
     return [dst], info
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- the generic steps ------------------------------------------------------------------

@@ -14,7 +14,6 @@ from hpatk.cli.main import cli
 from hpatk.core.enhance_report import (
     EnhanceComparison,
     compare_enhancers,
-    composite,
     image_metrics,
     mean_sd,
     ssim,
@@ -84,15 +83,6 @@ class TestMetrics:
         assert mean == pytest.approx(np.mean(values))
         assert sd == pytest.approx(np.std(values, ddof=1))
         assert mean_sd([3.0]) == (3.0, 0.0)
-
-    def test_composite_colours(self):
-        img = np.zeros((4, 2, 2), np.uint8)
-        img[3] = 200  # yellow only
-        rgb = composite(img, ("green", "red", "blue", "yellow"))
-        assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
-        assert rgb[0, 0].tolist() == [100, 100, 0]
-        img[1] = 255  # plus red: saturates, never wraps around
-        assert composite(img, ("green", "red", "blue", "yellow"))[0, 0].tolist() == [255, 100, 0]
 
 
 def test_compare_numbers_match_skimage(synth_data):

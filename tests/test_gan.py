@@ -18,7 +18,6 @@ from hpatk.plugins.augment_gan.trainer import (
     GanTrainConfig,
     ImageBank,
     resize_uint8,
-    rgb_composite,
     train_gan,
 )
 from torch import nn
@@ -137,15 +136,6 @@ def test_resize_matches_opencv_area():
     ours = resize_uint8(torch.from_numpy(img), 32).numpy()
     ref = np.stack([cv2.resize(c, (32, 32), interpolation=cv2.INTER_AREA) for c in img[0]])
     assert np.abs(ours[0].astype(int) - ref).max() <= 1
-
-
-def test_rgb_composite_colours():
-    x = torch.zeros(1, 4, 2, 2)
-    x[0, 0] = 1.0  # green
-    x[0, 3, 0, 0] = 1.0  # yellow = red + green (half each)
-    rgb = rgb_composite(x, STAINS)
-    assert np.allclose(rgb[0, 1, 1], [0, 1, 0])
-    assert np.allclose(rgb[0, 0, 0], [0.5, 1, 0])
 
 
 # --- training -------------------------------------------------------------------------

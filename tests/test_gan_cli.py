@@ -130,7 +130,7 @@ def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path)
     assert len(CacheDataset(cache, synthetic="with")) == n_real + 10
     (batch,) = read_cache_meta(cache)["synthetic"]
     assert batch["class_index"] == 25 and batch["fold"] is None and batch["seed"] == 3
-    from hpatk.plugins.augment_gan.sampling import file_sha256
+    from hpatk.core.io import file_sha256
 
     assert batch["generator"].endswith(f"@sha256:{file_sha256(gen)}")
     images, targets = syn.read_batch(np.arange(10))

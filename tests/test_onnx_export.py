@@ -176,8 +176,8 @@ def test_export_graph_io_and_dynamic_batch(exported):
 
 
 def test_export_metadata_round_trip(exported):
+    from hpatk.core.io import file_sha256
     from hpatk.export import read_metadata
-    from hpatk.export.onnx import file_sha256
 
     ckpt, res, d = exported
     meta = read_metadata(res.path, kind="classifier")

@@ -9,7 +9,6 @@ images: readers see them only when asked (``CacheDataset(..., synthetic="with")`
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import Any
 
 import torch
 from hpatk.core.checkpoint import load_checkpoint
+from hpatk.core.device import resolve_device
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_open
+from hpatk.core.io import atomic_open, file_sha256
 from hpatk.plugins.augment_gan.dcgan import DCGAN, to_uint8
-from hpatk.plugins.augment_gan.trainer import resize_uint8, resolve_device, save_grid
+from hpatk.plugins.augment_gan.trainer import resize_uint8, save_grid
 
 
 @dataclass
@@ -48,15 +48,6 @@ class LoadedGenerator:
     def provenance(self) -> str:
         """What the cache records as ``generator``: the file and its content hash."""
         return f"{self.path.resolve()}@sha256:{self.sha256}"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_generator(path: str | os.PathLike[str], device: str = "auto") -> LoadedGenerator:

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
+from hpatk.core.device import resolve_device
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open, atomic_path
+from hpatk.core.picture import composite
 from hpatk.core.progress import progress
 from hpatk.core.version import __version__
 from hpatk.plugins.augment_gan.dcgan import DCGAN, from_uint8, to_uint8
@@ -108,19 +110,6 @@ class TrainResult:
     files: list[Path] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; a clear error for an unusable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise HpatkError(f"--device '{name}' is not a torch device (cpu, cuda, cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HpatkError(f"--device '{name}': CUDA is not available on this machine")
-    return device
-
-
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 images: area averaging to shrink (as cv2.INTER_AREA), bilinear to grow.
 
@@ -185,27 +174,6 @@ class ImageBank:
 
 # --- pictures -------------------------------------------------------------------------
 
-# Colours of the HPA stains in a composite (yellow = ER is shown as half red + half green).
-STAIN_RGB = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
-             "yellow": (0.5, 0.5, 0.0)}
-
-
-def rgb_composite(images: torch.Tensor, stains: Sequence[str]) -> np.ndarray:
-    """Stain channels -> RGB: green protein, red microtubules, blue nucleus, yellow ER as
-    red + green; any other stain in gray.
-
-    Shape: (B, C, H, W) uint8 or float in [0, 1] -> (B, H, W, 3) float in [0, 1].
-    """
-    x = images.float().cpu()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    if len(stains) != x.shape[1]:
-        stains = [f"c{i}" for i in range(x.shape[1])]
-    colours = torch.tensor([STAIN_RGB.get(s, (1 / 3, 1 / 3, 1 / 3)) for s in stains])
-    rgb = torch.einsum("bchw,ck->bhwk", x, colours)
-    return rgb.clamp(0, 1).numpy()
-
-
 def save_grid(images: torch.Tensor, stains: Sequence[str], path: str | os.PathLike[str],
               title: str = "", cols: int | None = None) -> Path:
     """A grid of RGB composites as a PNG (matplotlib, Agg), written atomically."""
@@ -214,7 +182,9 @@ def save_grid(images: torch.Tensor, stains: Sequence[str], path: str | os.PathLi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rgb = rgb_composite(images, stains)
+    if len(stains) != images.shape[1]:  # unknown channels: gray
+        stains = [f"c{i}" for i in range(images.shape[1])]
+    rgb = composite(images, stains)
     n = len(rgb)
     cols = cols or max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))

@@ -55,7 +55,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from hpatk.core.batching import BatchPrep, EpochBatchSampler, make_loader
-    from hpatk.core.engine import amp_setup, resolve_device, train_epoch
+    from hpatk.core.device import amp_setup, resolve_device
+    from hpatk.core.engine import train_epoch
     from hpatk.core.registry import get_registry
 
     dev = resolve_device(args.device)

@@ -1,0 +1,44 @@
+"""Multi-stain images as RGB pictures, one colour convention for every picture hpatk
+draws (the enhancement report, GAN sample grids, the synthetic-data preview)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# display colour (R, G, B weights) of each stain: HPA's convention; yellow (ER) adds to
+# red and green at half strength so it does not wash the other stains out. Any other
+# channel name shows in gray.
+STAIN_COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
+    "yellow": (0.5, 0.5, 0.0),
+}
+_GRAY = (1 / 3, 1 / 3, 1 / 3)
+
+
+def composite(images: Any, stains: Sequence[str]) -> np.ndarray:
+    """An RGB picture of multi-stain images (a numpy array or a CPU/GPU tensor).
+
+    Channels add with their :data:`STAIN_COLOURS` weights and saturate, never wrap
+    around. uint8 input gives uint8 output (the sum truncated to whole gray levels);
+    float input (in [0, 1]) gives float32 clipped to [0, 1].
+
+    Args:
+        images: one image or a batch.
+        stains: the name of each channel, in order (``len(stains) == C``).
+
+    Shape:
+        (C, H, W) -> (H, W, 3); (B, C, H, W) -> (B, H, W, 3).
+    """
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    x = np.asarray(images)
+    if x.ndim not in (3, 4) or x.shape[-3] != len(stains):
+        raise ValueError(f"composite: {len(stains)} stains for images of shape {x.shape}")
+    colours = np.asarray([STAIN_COLOURS.get(s, _GRAY) for s in stains], np.float32)
+    rgb = np.tensordot(x.astype(np.float32), colours, axes=([x.ndim - 3], [0]))
+    if x.dtype == np.uint8:
+        return np.clip(rgb, 0, 255).astype(np.uint8)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,87 @@
+"""Small helpers that exist once in core (device, file hash, umask, stain composite),
+against their references."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from hpatk.core.classes import STAINS
+from hpatk.core.device import amp_setup, resolve_device
+from hpatk.core.errors import HpatkError
+from hpatk.core.io import current_umask, file_sha256
+from hpatk.core.picture import composite
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == want
+    with pytest.raises(HpatkError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(HpatkError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_amp_setup_is_off_on_cpu():
+    assert amp_setup(torch.device("cpu"), True) == (None, None)
+    assert amp_setup(torch.device("cuda"), False) == (None, None)
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+    p = tmp_path / "blob"
+    data = os.urandom(3000)
+    p.write_bytes(data)
+    assert file_sha256(p, chunk=1024) == hashlib.sha256(data).hexdigest()
+
+
+def test_current_umask_matches_os(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_cache_file_mode_follows_umask(synth_cache):
+    """The built cache is readable as any file the user writes (mkstemp alone is 0600)."""
+    mode = stat.S_IMODE(os.stat(synth_cache).st_mode)
+    assert mode == 0o666 & ~current_umask()
+
+
+def test_composite_uint8_saturates():
+    img = np.zeros((4, 2, 2), np.uint8)
+    img[3] = 200  # yellow only: half red + half green
+    rgb = composite(img, ("green", "red", "blue", "yellow"))
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [100, 100, 0]
+    img[1] = 255  # plus red: saturates, never wraps around
+    assert composite(img, ("green", "red", "blue", "yellow"))[0, 0].tolist() == [255, 100, 0]
+
+
+def test_composite_float_batch_of_tensors():
+    x = torch.zeros(1, 4, 2, 2)
+    x[0, 0] = 1.0  # green
+    x[0, 3, 0, 0] = 1.0  # yellow = red + green (half each)
+    rgb = composite(x, STAINS)
+    assert rgb.shape == (1, 2, 2, 3) and rgb.dtype == np.float32
+    assert np.allclose(rgb[0, 1, 1], [0, 1, 0])
+    assert np.allclose(rgb[0, 0, 0], [0.5, 1, 0])
+    assert np.allclose(composite(torch.ones(1, 2, 1, 1), ["c0", "c1"]), 2 / 3)  # others: gray
+    with pytest.raises(ValueError):
+        composite(x, STAINS[:3])
+
+
+def test_composite_equals_integer_reference():
+    """HPA's convention written with integers: R = red + yellow // 2, G = green +
+    yellow // 2, B = blue, each clipped to 255."""
+    rng = np.random.default_rng(0)
+    g, r, b, y = rng.integers(0, 256, (4, 16, 16)).astype(np.int32)
+    ref = np.stack([np.clip(r + y // 2, 0, 255), np.clip(g + y // 2, 0, 255), b], -1)
+    img = np.stack([g, r, b, y]).astype(np.uint8)
+    assert (composite(img, STAINS) == ref).all()

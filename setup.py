@@ -16,6 +16,10 @@ BUILTIN_PLUGINS = [
     "losses = hpatk.plugins.losses",
 ]
 
+# `hpatk serve` (pip install 'hpatk[serve]')
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9",
+         "prometheus-client>=0.20"]
+
 PACKAGES = {
     "hpatk.core": "core",
     "hpatk.plugins": "plugins",
@@ -49,7 +53,8 @@ setup(
     python_requires=">=3.10",
     packages=_subpackages(),
     package_dir=PACKAGES,
-    package_data={pkg: ["py.typed"] for pkg in PACKAGES},
+    package_data={**{pkg: ["py.typed"] for pkg in PACKAGES},
+                  "hpatk.export": ["py.typed", "serve_page.html"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -72,7 +77,10 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.22", "ruff>=0.5"],
+        "serve": SERVE,
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.22", "ruff>=0.5",
+                 *SERVE, "httpx>=0.27", "psutil>=5.9", "playwright>=1.40",
+                 "tritonclient>=2.40"],
     },
     entry_points={
         "console_scripts": ["hpatk = hpatk.cli.main:main"],

@@ -27,6 +27,7 @@ BUILTIN_COMMANDS = {
     "experiment": "hpatk.cli.train:experiment",
     "export": "hpatk.cli.export:export",
     "predict": "hpatk.cli.export:predict",
+    "serve": "hpatk.cli.serve:serve",
     "demo": "hpatk.cli.demo:demo",
 }
 

@@ -339,12 +339,7 @@ def _tail_ok(buf: np.ndarray) -> bool:
 
 def read_stain(path: Path, stain: str, source: str = "kaggle", image_id: str | None = None
                ) -> np.ndarray:
-    """Decode one stain file to 8-bit gray with explicit conversions.
-
-    16-bit is scaled linearly (``round(x * 255 / 65535)``), the same factor for every image
-    so intensities stay comparable. Kaggle files must be gray (an RGB file whose channels
-    are identical is accepted); external files take the stain's channel: green from G, red
-    from R, blue from B, yellow as the mean of R and G (HPA renders yellow as R + G).
+    """Decode one stain file to 8-bit gray (see :func:`decode_stain`).
 
     Returns:
         uint8 array. Shape: (H, W).
@@ -352,17 +347,54 @@ def read_stain(path: Path, stain: str, source: str = "kaggle", image_id: str | N
     Raises:
         DataError: naming the file, Id and stain.
     """
+    return decode_stain(_read_bytes(path, stain, image_id), stain, source, where=path,
+                        image_id=image_id)
+
+
+def _read_bytes(path: Path, stain: str, image_id: str | None) -> np.ndarray:
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise SampleError(Problem(path, "file not found", None, image_id, stain)) from None
+    except OSError as exc:
+        raise SampleError(Problem(path, f"cannot read ({exc.strerror})", None, image_id,
+                                  stain)) from None
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray | None:
+    """8-bit pixels: uint8 as is, uint16 scaled linearly (``round(x * 255 / 65535)``, the
+    same factor for every image so intensities stay comparable); None for other types."""
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return img if img.dtype == np.uint8 else None
+
+
+def decode_stain(buf: np.ndarray | bytes, stain: str, source: str = "kaggle", *,
+                 where: Path | str = "<bytes>", image_id: str | None = None) -> np.ndarray:
+    """Decode one encoded stain image (PNG, JPEG, TIFF bytes) to 8-bit gray with explicit
+    conversions.
+
+    16-bit is scaled by :func:`to_uint8`. Kaggle files must be gray (an RGB file whose
+    channels are identical is accepted); external files take the stain's channel: green
+    from G, red from R, blue from B, yellow as the mean of R and G (HPA renders yellow as
+    R + G).
+
+    Args:
+        where: the file (or upload field) named in errors.
+
+    Returns:
+        uint8 array. Shape: (H, W).
+
+    Raises:
+        DataError: naming ``where``, Id and stain.
+    """
     import cv2
 
     def fail(msg: str) -> SampleError:
-        return SampleError(Problem(path, msg, None, image_id, stain))
+        return SampleError(Problem(Path(where), msg, None, image_id, stain))
 
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise fail("file not found") from None
-    except OSError as exc:
-        raise fail(f"cannot read ({exc.strerror})") from None
+    buf = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, (bytes, bytearray,
+                                                                 memoryview)) else buf
     if buf.size == 0:
         raise fail("empty file")
     if not _tail_ok(buf):
@@ -370,10 +402,10 @@ def read_stain(path: Path, stain: str, source: str = "kaggle", image_id: str | N
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise fail("cannot decode the image (corrupt or not PNG/JPEG/TIFF)")
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise fail(f"unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+    dtype = img.dtype
+    img = to_uint8(img)
+    if img is None:
+        raise fail(f"unsupported pixel type {dtype} (expected 8- or 16-bit)")
     if img.ndim == 3:
         if img.shape[2] == 2:  # gray + alpha
             img = img[:, :, :1]
@@ -410,19 +442,41 @@ def load_stains(ref: SampleRef, stains: Sequence[str] = STAINS, *,
     Raises:
         DataError: one line naming the file, Id and stain.
     """
-    import cv2
-
     if not ID_PATTERN.fullmatch(ref.id):
         raise DataError(f"{ref.root}: Id {_show(ref.id)}: invalid Id")
     paths = [safe_path(ref.root, p.name) for p in ref.paths(stains)]  # before opening
+    return decode_stains([_read_bytes(p, s, ref.id) for s, p in zip(stains, paths, strict=True)],
+                         stains, paths, source=ref.source, image_id=ref.id, size=size,
+                         expected_shape=expected_shape)
+
+
+def decode_stains(buffers: Sequence[np.ndarray | bytes], stains: Sequence[str],
+                  where: Sequence[Path | str], *, source: str = "kaggle",
+                  image_id: str | None = None, size: int | None = None,
+                  expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one sample's encoded stain images (the bytes of its files or uploads).
+
+    Args:
+        buffers: one encoded image per stain, in ``stains`` order.
+        where: the file (or upload field) of each, named in errors.
+        size, expected_shape: as in :func:`load_stains`.
+
+    Returns:
+        uint8 array. Shape: (len(stains), H, W).
+
+    Raises:
+        DataError: one line naming the file (or field), Id and stain.
+    """
+    import cv2
+
     planes = []
-    for stain, path in zip(stains, paths, strict=True):
-        img = read_stain(path, stain, ref.source, ref.id)
+    for buf, stain, name in zip(buffers, stains, where, strict=True):
+        img = decode_stain(buf, stain, source, where=name, image_id=image_id)
         want = expected_shape or (planes[0].shape if planes else None)
         if want is not None and img.shape != tuple(want):
             first = "expected" if expected_shape else f"the {stains[0]} stain has"
-            raise SampleError(Problem(path, f"size {img.shape[1]}x{img.shape[0]}, {first} "
-                                      f"{want[1]}x{want[0]}", None, ref.id, stain))
+            raise SampleError(Problem(Path(name), f"size {img.shape[1]}x{img.shape[0]}, "
+                                      f"{first} {want[1]}x{want[0]}", None, image_id, stain))
         planes.append(img)
     if size is not None and planes[0].shape != (size, size):
         planes = [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in planes]

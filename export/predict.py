@@ -1,18 +1,20 @@
 """``hpatk predict``: an exported classifier over a folder of stain PNGs -> a Kaggle
 submission.
 
-Images are decoded with :func:`hpatk.core.data.load_stains` and preprocessed with the
+Images are decoded with :func:`hpatk.core.data.decode_stains` and preprocessed with the
 model's recorded enhancement by :func:`hpatk.core.preprocess.preprocess`, the function
 the cache uses, so ``hpatk predict`` sees exactly what ``hpatk evaluate`` sees.
+:func:`load_image` is that path, and ``hpatk serve`` calls it too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -108,6 +110,46 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
     return ids
 
 
+def load_image(clf: OnnxClassifier,
+               image: Any | Mapping[str, bytes] | np.ndarray) -> np.ndarray:
+    """Decode -> enhance -> resize: the one input path of ``hpatk predict`` and
+    ``hpatk serve``.
+
+    Args:
+        clf: the model (its stains, recorded enhancement and input size).
+        image: a :class:`hpatk.core.data.SampleRef` (stain files on disk), a mapping
+            ``stain -> encoded image bytes`` (PNG/JPEG/TIFF; e.g. uploads), or an array
+            of raw stains (C, H, W), uint8 or uint16 (scaled as 16-bit files are).
+
+    Returns:
+        The preprocessed image, uint8 (C, S, S).
+
+    Raises:
+        DataError: a missing stain, an undecodable file, stains of different sizes, a
+            wrong dtype or shape; one line naming the file, field or array.
+    """
+    from hpatk.core.data import decode_stains, load_stains, to_uint8
+
+    stains = tuple(clf.stains)
+    if isinstance(image, np.ndarray):
+        raw = to_uint8(image)
+        if raw is None:
+            raise DataError(f"image array has dtype {image.dtype}; expected uint8 or uint16 "
+                            f"raw stains")
+        if raw.ndim != 3 or raw.shape[0] != len(stains) or min(raw.shape[1:]) < 1:
+            raise DataError(f"image array has shape {tuple(image.shape)}; expected "
+                            f"({len(stains)}, H, W): the stains {', '.join(stains)}")
+    elif isinstance(image, Mapping):
+        missing = [s for s in stains if s not in image]
+        if missing:
+            raise DataError(f"stain '{missing[0]}' is missing (this model takes "
+                            f"{', '.join(stains)})")
+        raw = decode_stains([image[s] for s in stains], stains, stains)
+    else:
+        raw = load_stains(image, stains=stains)
+    return clf.preprocess(raw)
+
+
 def _prefetched(samples: Sequence[Any], load: Any, batch: int,
                 workers: int) -> Iterator[np.ndarray]:
     """uint8 batches (B, C, S, S), loaded by ``workers`` threads one batch ahead."""
@@ -131,12 +173,9 @@ def _prefetched(samples: Sequence[Any], load: Any, batch: int,
 def predict_folder(clf: OnnxClassifier, samples: Sequence[Any], *, batch_size: int = 16,
                    tta: str = "none", workers: int = 2) -> FolderPrediction:
     """Run ``clf`` on every sample (decode, preprocess, infer, threshold)."""
-    from hpatk.core.data import load_stains
     from hpatk.core.progress import progress
 
-    def load(sample: Any) -> np.ndarray:
-        return clf.preprocess(load_stains(sample, stains=tuple(clf.stains)))
-
+    load = functools.partial(load_image, clf)
     probs = np.empty((len(samples), len(clf.classes)), np.float32)
     n_batches = -(-len(samples) // batch_size)
     done = 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import logging
 import queue
@@ -227,15 +226,6 @@ ERROR_KINDS = {400: "bad_request", 413: "too_large", 415: "unsupported_media_typ
                422: "bad_input", 500: "internal"}
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI application serving ``clf``.
 
@@ -245,7 +235,8 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
     """
     import contextlib
 
-    from hpatk.core.enhance_report import STAIN_COLOURS
+    from hpatk.core.io import file_sha256
+    from hpatk.core.picture import STAIN_COLOURS
     from hpatk.export.runtime import TTA
 
     opts = options or ServeOptions()
@@ -378,7 +369,7 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
 
     def _composite_png(image: np.ndarray) -> str:
         import cv2
-        from hpatk.core.enhance_report import composite
+        from hpatk.core.picture import composite
 
         ok, png = cv2.imencode(".png", composite(image, stains)[:, :, ::-1])
         if not ok:  # pragma: no cover

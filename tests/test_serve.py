@@ -141,7 +141,7 @@ def test_tta_flips_and_composite(client, data, clf):
     import base64
 
     import cv2
-    from hpatk.core.enhance_report import composite
+    from hpatk.core.picture import composite
 
     prefix = "data:image/png;base64,"
     assert body["composite"].startswith(prefix)

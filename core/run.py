@@ -19,8 +19,9 @@ from typing import Any
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open
 
+# val_macro_f1: Kaggle (mean per-class F1); val_paper_macro_f1: the paper's Eq. 8
 METRIC_COLUMNS = ("epoch", "lr", "batch_size", "train_loss", "val_loss", "val_macro_f1",
-                  "val_micro_f1", "val_accuracy", "time")
+                  "val_micro_f1", "val_accuracy", "val_paper_macro_f1", "time")
 CHECKPOINT_NAMES = ("best_macro_f1", "best_loss", "best_micro_f1", "last")
 # checkpoint file -> (metric it tracks, True if larger is better)
 BEST = {"best_loss": ("val_loss", False), "best_macro_f1": ("val_macro_f1", True),

@@ -13,7 +13,7 @@ from hpatk.cli.main import cli
 from hpatk.core.evaluate import evaluate_run, predict_probs
 from hpatk.core.folds import read_folds
 from hpatk.core.run import read_metrics
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 TINY = "timm:test_resnet"
 
@@ -63,6 +63,7 @@ def test_fold_metrics_equal_the_logged_ones(run, fold):
     assert ev.at_half["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
     assert ev.at_half["micro_f1"] == pytest.approx(best["val_micro_f1"], abs=1e-6)
     assert ev.at_half["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert ev.at_half["paper_macro_f1"] == pytest.approx(best["val_paper_macro_f1"], abs=1e-6)
     folds = read_folds(run / "folds.csv")
     assert ev.n == sum(1 for f in folds.values() if f == fold)
 
@@ -87,6 +88,12 @@ def test_out_of_fold_predictions_file(run, data, tmp_path):
     line = lambda label: [ln for ln in r.output.splitlines() if ln.startswith(label)][0]  # noqa: E731
     assert float(line("threshold 0.5").split()[2]) == pytest.approx(at_half, abs=1e-4)
     assert float(line("tuned thresholds").split()[2]) == pytest.approx(tuned, abs=1e-4)
+    # the paper's Eq. 8 beside it: F1 of scikit-learn's macro precision and recall
+    p = precision_score(y, pred, average="macro", zero_division=0)
+    rc = recall_score(y, pred, average="macro", zero_division=0)
+    assert float(line("tuned thresholds").split()[3]) == pytest.approx(
+        2 * p * rc / (p + rc), abs=1e-4)
+    assert "macro F1 (Kaggle)" in r.output and "macro F1 (Eq. 8)" in r.output
     # the same probabilities through predict_probs, fold by fold
     from hpatk.core.cache import cache_ids
 

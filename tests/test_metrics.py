@@ -8,13 +8,15 @@ from hpatk.core.metrics import (
     accuracy,
     apply_thresholds,
     macro_f1,
+    macro_precision_recall,
     micro_f1,
+    paper_macro_f1,
     per_class_f1,
     subset_accuracy,
     summary,
     tune_thresholds,
 )
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 
 def _random_case(rng: np.random.Generator, n: int, k: int, rate: float = 0.3):
@@ -59,6 +61,32 @@ def test_class_without_positives_or_predictions_follows_zero_division():
     assert per_class_f1(y_true, y_pred, zero_division=1).tolist() == [1.0, 1.0, 1.0]
     assert macro_f1(y_true, y_pred) == pytest.approx(
         f1_score(y_true, y_pred, average="macro", zero_division=0)) == pytest.approx(2 / 3)
+
+
+def test_paper_eq8_macro_f1_by_hand():
+    """Class 0: TP 1, FP 1, FN 1 -> P 1/2, R 1/2, F1 1/2. Class 1: TP 1, FN 1 -> P 1, R 1/2,
+    F1 2/3. Kaggle: (1/2 + 2/3) / 2 = 7/12. Eq. 8: P = 3/4, R = 1/2 -> 2 (3/8) / (5/4) = 3/5."""
+    y_true = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    y_pred = np.array([[1, 0], [0, 0], [1, 1], [0, 0]])
+    assert macro_precision_recall(y_true, y_pred) == pytest.approx((0.75, 0.5))
+    assert paper_macro_f1(y_true, y_pred) == pytest.approx(0.6)
+    assert macro_f1(y_true, y_pred) == pytest.approx(7 / 12)
+    s = summary(y_true, y_pred)
+    assert s["paper_macro_f1"] == pytest.approx(0.6) and s["macro_f1"] == pytest.approx(7 / 12)
+    assert paper_macro_f1(y_true, np.zeros_like(y_pred)) == 0.0  # P = R = 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paper_macro_f1_from_sklearn_precision_recall(seed):
+    rng = np.random.default_rng(200 + seed)
+    y_true, y_pred = _random_case(rng, int(rng.integers(2, 60)), int(rng.integers(2, 12)),
+                                  rate=float(rng.uniform(0.05, 0.5)))
+    p = precision_score(y_true, y_pred, average="macro", zero_division=0)
+    r = recall_score(y_true, y_pred, average="macro", zero_division=0)
+    assert macro_precision_recall(y_true, y_pred) == pytest.approx((p, r))
+    assert paper_macro_f1(y_true, y_pred) == pytest.approx(2 * p * r / (p + r) if p + r else 0)
+    # the harmonic mean is concave: Eq. 8 is never below the mean of per-class F1
+    assert paper_macro_f1(y_true, y_pred) >= macro_f1(y_true, y_pred) - 1e-12
 
 
 def test_inputs_may_be_bool_or_float():

@@ -75,6 +75,9 @@ def test_run_folder_is_complete(learned_run):
     assert rows[1]["lr"] == pytest.approx(5e-4 * math.exp(-0.01))
     report = (learned_run / "report.md").read_text()
     assert "![training curves](curves.png)" in report and "Mitochondria" in report
+    best = max(rows, key=lambda r: (r["val_macro_f1"], -r["epoch"]))
+    assert "macro F1 (paper Eq. 8)" in report and "macro F1 (Kaggle)" in report
+    assert f"| {best['val_paper_macro_f1']:.4f} |" in report
 
 
 def test_checkpoints_follow_the_format(learned_run):

@@ -6,9 +6,12 @@ Only click is imported at the top; the engine (torch) is imported inside the com
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from hpatk.core.train_config import TrainConfig
 
 
 def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
@@ -55,6 +58,9 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Replay a run's config.yaml; options given here override it.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--recipe", help="A preset of the paper's settings: paper-top5 (VGG16, 5 "
+              "classes, Tables 2/3) or paper-28 (InceptionV4, 28 classes, Table 1). Options "
+              "given here override it.")
 @click.option("--backbone", help="Registered backbone (hpatk registry backbones). "
               "[default: inceptionv4]")
 @click.option("--backbone-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
@@ -99,7 +105,7 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA. [default: on]")
 @click.option("--seed", type=int, help="Seed: folds, init, shuffling, augmentation. "
               "[default: 0]")
-def train(config_path: str | None, resume: bool, **options: Any) -> None:
+def train(config_path: str | None, resume: bool, recipe: str | None, **options: Any) -> None:
     """Train a multi-label classifier (the paper's recipe by default).
 
     Adam, lr 5e-4 decaying as exp(-0.01 epoch), batch 32 doubled every 15 epochs up to
@@ -114,10 +120,28 @@ def train(config_path: str | None, resume: bool, **options: Any) -> None:
           --fold all --out run5
       hpatk train --out run1 --resume --epochs 40
       hpatk train --config run1/config.yaml --seed 1 --out run1-seed1
+      hpatk train --data data --recipe paper-top5 --size 256 --out vgg16-top5
     """
+    overrides = {_FIELD.get(k, k): v for k, v in options.items() if v is not None}
+    if resume and recipe:
+        raise click.UsageError("--recipe starts a run; a resumed run keeps its config.yaml")
+    cfg = train_config(config_path, resume, recipe, overrides)
+    from hpatk.core.engine import train as run_training
+
+    results = run_training(cfg, resume=resume, overrides=overrides)
+    for r in results:
+        b = r.best.get("best_macro_f1", {})
+        click.echo(f"fold {r.fold}: best macro F1 {b.get('val_macro_f1', float('nan')):.4f} "
+                   f"(epoch {b.get('epoch')}), micro F1 {b.get('val_micro_f1', float('nan')):.4f}"
+                   f", accuracy {b.get('val_accuracy', float('nan')):.4f} -> {r.run_dir}")
+
+
+def train_config(config_path: str | None, resume: bool, recipe: str | None,
+                 overrides: dict[str, Any]) -> TrainConfig:
+    """The run's :class:`TrainConfig`: defaults (or ``--config``), then the ``--recipe``
+    preset, then the options given explicitly (``overrides``, TrainConfig field names)."""
     from hpatk.core.train_config import TrainConfig, read_config
 
-    overrides = {_FIELD.get(k, k): v for k, v in options.items() if v is not None}
     if resume:
         out = overrides.get("out") or (read_config(config_path).out if config_path else None)
         if not out:
@@ -130,15 +154,11 @@ def train(config_path: str | None, resume: bool, **options: Any) -> None:
             raise click.UsageError("Missing option '--out' (the run folder).")
         if not config_path and "data" not in overrides:
             raise click.UsageError("Missing option '--data' (a cache .h5 or dataset folder).")
-    cfg = base.override(**overrides)
-    from hpatk.core.engine import train as run_training
+    if recipe:
+        from hpatk.core.recipes import recipe_settings
 
-    results = run_training(cfg, resume=resume, overrides=overrides)
-    for r in results:
-        b = r.best.get("best_macro_f1", {})
-        click.echo(f"fold {r.fold}: best macro F1 {b.get('val_macro_f1', float('nan')):.4f} "
-                   f"(epoch {b.get('epoch')}), micro F1 {b.get('val_micro_f1', float('nan')):.4f}"
-                   f", accuracy {b.get('val_accuracy', float('nan')):.4f} -> {r.run_dir}")
+        base = base.override(**recipe_settings(recipe))
+    return base.override(**overrides)
 
 
 @click.command()
@@ -209,6 +229,21 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
                                  ctx=ctx, param=param) from None
 
 
+def experiment_config(base: TrainConfig, recipe: str | None,
+                      options: dict[str, Any]) -> TrainConfig:
+    """``base`` with an experiment command's options; with a ``recipe``, the preset first
+    and then only the options given explicitly (not their click defaults)."""
+    if not recipe:
+        return base.override(**options)
+    from click.core import ParameterSource
+    from hpatk.core.recipes import recipe_settings
+
+    ctx = click.get_current_context()
+    explicit = {k: v for k, v in options.items()
+                if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+    return base.override(**recipe_settings(recipe)).override(**explicit)
+
+
 @experiment.command("backbones")
 @click.option("--data", type=click.Path(exists=True), required=True,
               help="Dataset folder (a cache per size is built) or a cache .h5 (its size only).")
@@ -231,9 +266,11 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recipe", help="paper-28 or paper-top5: the paper's settings; options given "
+              "explicitly override it (--backbones always lists the backbones).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int] | None,
-              out: str, **options: Any) -> None:
+              out: str, recipe: str | None, **options: Any) -> None:
     """Table 1: macro F1 per backbone and size, mean +- sd over folds.
 
     Every backbone x size trains on the same folds (OUT/folds.csv) with the paper's
@@ -249,6 +286,6 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
     from hpatk.core.train_config import TrainConfig
 
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    base = TrainConfig(data=data, out=out).override(**options)
+    base = experiment_config(TrainConfig(data=data, out=out), recipe, options)
     run_backbones(base, names, sizes, out, fold_subset=fold_subset)
     click.echo((Path(out) / "table1.md").read_text())

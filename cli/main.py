@@ -61,6 +61,8 @@ class HpatkGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HpatkError as exc:
+            if getattr(exc, "already_reported", False):  # another rank printed it
+                raise click.exceptions.Exit(1) from exc
             raise click.ClickException(str(exc)) from exc
 
 

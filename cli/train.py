@@ -46,6 +46,17 @@ def _stains(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
+def dist_options(f: Any) -> Any:
+    """``--dist-backend`` and ``--dist-timeout``: how the processes of a ``torchrun``
+    launch talk (ignored without one)."""
+    f = click.option("--dist-timeout", type=click.FloatRange(min=1), default=600,
+                     show_default=True, help="Under torchrun: seconds a rank waits for the "
+                     "others before the run stops with an error.")(f)
+    return click.option("--dist-backend", type=click.Choice(["auto", "nccl", "gloo"]),
+                        default="auto", show_default=True, help="Under torchrun: nccl on "
+                        "CUDA, gloo on CPU (auto).")(f)
+
+
 # option name -> TrainConfig field, for options whose names differ
 _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
           "backbone_param": "backbone_params", "enhance_param": "enhance_params"}
@@ -105,7 +116,11 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA. [default: on]")
 @click.option("--seed", type=int, help="Seed: folds, init, shuffling, augmentation. "
               "[default: 0]")
-def train(config_path: str | None, resume: bool, recipe: str | None, **options: Any) -> None:
+@click.option("--sync-bn/--no-sync-bn", default=None, help="Under torchrun on GPUs: "
+              "BatchNorm statistics over the global batch (SyncBatchNorm). [default: off]")
+@dist_options
+def train(config_path: str | None, resume: bool, recipe: str | None, dist_backend: str,
+          dist_timeout: float, **options: Any) -> None:
     """Train a multi-label classifier (the paper's recipe by default).
 
     Adam, lr 5e-4 decaying as exp(-0.01 epoch), batch 32 doubled every 15 epochs up to
@@ -121,14 +136,21 @@ def train(config_path: str | None, resume: bool, recipe: str | None, **options: 
       hpatk train --out run1 --resume --epochs 40
       hpatk train --config run1/config.yaml --seed 1 --out run1-seed1
       hpatk train --data data --recipe paper-top5 --size 256 --out vgg16-top5
+      torchrun --standalone --nproc_per_node=2 $(which hpatk) train --data cache.h5 \\
+          --backbone resnet18 --out run2     # one process per GPU (README: Scaling out)
     """
+    from hpatk.core.distributed import distributed, is_main
+
     overrides = {_FIELD.get(k, k): v for k, v in options.items() if v is not None}
     if resume and recipe:
         raise click.UsageError("--recipe starts a run; a resumed run keeps its config.yaml")
     cfg = train_config(config_path, resume, recipe, overrides)
     from hpatk.core.engine import train as run_training
 
-    results = run_training(cfg, resume=resume, overrides=overrides)
+    with distributed(dist_backend, dist_timeout, device=cfg.device):
+        results = run_training(cfg, resume=resume, overrides=overrides)
+        if not is_main():
+            return
     for r in results:
         b = r.best.get("best_macro_f1", {})
         click.echo(f"fold {r.fold}: best macro F1 {b.get('val_macro_f1', float('nan')):.4f} "

@@ -74,38 +74,61 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Batches of indices, shuffled from ``(seed, epoch)`` alone, so a resumed run sees
     the same order as a straight one. The batch size may change between epochs.
 
-    A trailing batch of one sample is dropped (BatchNorm cannot train on it).
+    ``batch_size`` is the *global* batch. Shuffled (training), every step takes the next
+    ``batch_size`` images of the epoch's permutation (the same on every rank) and rank
+    ``r`` of ``world_size`` takes the ``r``-th of ``world_size`` equal parts, so each
+    process trains on ``batch_size / world_size`` images per step, every rank makes the
+    same number of steps and each image is seen exactly once per epoch over all ranks.
+    A trailing batch too small to give every rank two images (BatchNorm cannot train on
+    one) joins the batch before it. Unshuffled (evaluation), rank ``r`` reads the
+    ``r``-th contiguous part of ``0..n-1``: the ranks' outputs concatenated in rank
+    order are in dataset order.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_single: bool = True) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.drop_single = drop_single
+                 rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.set_epoch(0, batch_size)
 
     def set_epoch(self, epoch: int, batch_size: int | None = None) -> None:
+        """Reshuffle for ``epoch`` (and take the schedule's global batch size)."""
         self.epoch = epoch
         if batch_size is not None:
+            if self.shuffle and batch_size % self.world_size:
+                raise ValueError(f"the global batch {batch_size} does not divide over "
+                                 f"{self.world_size} processes")
             self.batch_size = batch_size
 
-    def _order(self) -> np.ndarray:
+    def _global_batches(self) -> list[np.ndarray]:
         if not self.shuffle:
-            return np.arange(self.n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            return []
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < min(self.batch_size, 2 * self.world_size):
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self._order().tolist()
-        for start in range(0, self.n, self.batch_size):
-            batch = order[start:start + self.batch_size]
-            if self.drop_single and len(batch) == 1 and self.n > 1 and self.shuffle:
-                return
-            yield batch
+        if self.shuffle:
+            for batch in self._global_batches():
+                yield np.array_split(batch, self.world_size)[self.rank].tolist()
+            return
+        part = np.array_split(np.arange(self.n), self.world_size)[self.rank]
+        per = -(-self.batch_size // self.world_size)
+        for start in range(0, len(part), per):
+            yield part[start:start + per].tolist()
 
     def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        if rest == 1 and self.drop_single and self.n > 1 and self.shuffle:
-            rest = 0
-        return full + (1 if rest else 0)
+        if self.shuffle:
+            full, rest = divmod(self.n, self.batch_size)
+            own = rest >= min(self.batch_size, 2 * self.world_size)  # else joins the last
+            return max(1, full + own) if self.n else 0
+        part = len(np.array_split(np.arange(self.n), self.world_size)[self.rank])
+        return -(-part // -(-self.batch_size // self.world_size))
 
 
 def make_loader(dataset: Dataset, sampler: EpochBatchSampler, *, workers: int = 0,
@@ -171,8 +194,12 @@ class Inference:
 @torch.inference_mode()
 def infer(model: nn.Module, loader: DataLoader, prep: BatchPrep, *,
           loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
-          desc: str = "") -> Inference:
+          desc: str = "", gather: bool = False) -> Inference:
     """Run ``model`` (eval mode) over ``loader``; sigmoid probabilities and mean loss.
+
+    With ``gather`` under a launch, each rank's loader reads its shard (an unshuffled
+    :class:`EpochBatchSampler` with ``rank``/``world_size``) and every rank gets all of
+    them, in dataset order, and the mean loss over all images.
 
     Shape:
         probs, targets: (N, K) float32.
@@ -198,7 +225,13 @@ def infer(model: nn.Module, loader: DataLoader, prep: BatchPrep, *,
         n += len(y)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
     t = torch.cat(targets).numpy() if targets else np.zeros((0, 0), np.float32)
-    loss = float(loss_sum) / max(n, 1) if loss_fn is not None else None
+    total, count = float(loss_sum), n
+    if gather:
+        from hpatk.core import distributed as ddp
+
+        p, t = ddp.all_gather_rows(p), ddp.all_gather_rows(t)
+        total, count = ddp.all_sum([total, count])
+    loss = total / max(count, 1) if loss_fn is not None else None
     return Inference(p, t, loss)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hpatk.core import distributed as ddp
 from hpatk.core.batching import (
     BatchPrep,
     EpochBatchSampler,
@@ -89,11 +90,27 @@ def train_epoch(model: nn.Module, loader: Any, prep: BatchPrep, loss_fn: nn.Modu
             optimizer.step()
         loss_sum += loss.detach().double() * len(y)
         n += len(y)
-        if step % check_every == 0 and not torch.isfinite(loss_sum):
-            raise TrainingDiverged(f"training loss is {float(loss_sum)} at step {step}")
-    if not torch.isfinite(loss_sum):
-        raise TrainingDiverged(f"training loss is {float(loss_sum)}")
-    return float(loss_sum) / max(n, 1)
+        if step % check_every == 0:
+            _check_finite(loss_sum, f" at step {step}")
+    _check_finite(loss_sum, "")
+    total, count = ddp.all_sum([float(loss_sum), n])  # over every rank's samples
+    return total / max(count, 1)
+
+
+def _check_finite(loss_sum: torch.Tensor, where: str) -> None:
+    """Raise TrainingDiverged if the loss sum is NaN/inf on this rank or any other (all
+    ranks stop at the same step; rank 0 says which rank diverged)."""
+    bad = ddp.agree(bool(torch.isfinite(loss_sum)))
+    if not bad:
+        return
+    if not ddp.current().enabled:
+        raise TrainingDiverged(f"training loss is {float(loss_sum)}{where}")
+    raise _diverged(f"training loss is not finite on rank {', '.join(map(str, bad))}{where}")
+
+
+def _diverged(message: str) -> HpatkError:
+    """TrainingDiverged on rank 0; the other ranks stop without repeating it."""
+    return TrainingDiverged(message) if ddp.is_main() else ddp.StoppedByPeer(message)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
@@ -152,6 +169,26 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         overrides: settings given explicitly alongside ``resume``; only ``RESUME_SAFE``
             ones may differ from the run's ``config.yaml``.
     """
+    with ddp.main_first("preparing the run"):  # rank 0 builds the cache, writes config.yaml
+        cfg, plan, info = _prepare(cfg, resume, overrides or {})
+    out = Path(cfg.out)
+    results = []
+    for fold in cfg.fold_list():
+        fold_dir = out / f"fold_{fold}" if cfg.fold == "all" else out
+        if cfg.fold == "all" and ddp.is_main():
+            write_config(cfg.replace(fold=fold, out=str(fold_dir)), fold_dir / "config.yaml",
+                         extra=info)
+        results.append(_train_fold(cfg, plan, fold, fold_dir,
+                                   resume=resume and (fold_dir / "last.pt").exists()))
+    if cfg.fold == "all" and ddp.is_main():
+        write_fold_summary(out, results)
+    return results
+
+
+def _prepare(cfg: TrainConfig, resume: bool,
+             overrides: dict[str, Any]) -> tuple[TrainConfig, Any, dict[str, Any]]:
+    """Check the settings, open (or build) the cache, assign folds; rank 0 writes
+    ``config.yaml`` and ``folds.csv``, the other ranks read rank 0's folds."""
     from hpatk.core.train_data import plan_data, write_run_folds
 
     cfg.validate()
@@ -159,7 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     if not cfg.out:
         raise HpatkError("--out is required (the run folder)")
     if resume:
-        cfg = _resume_config(cfg, out, overrides or {})
+        cfg = _resume_config(cfg, out, overrides)
     elif (out / "last.pt").exists() or any(out.glob("fold_*/last.pt")):
         raise HpatkError(f"--out '{out}' already holds a run; pass --resume to continue it "
                          f"or choose another folder")
@@ -170,7 +207,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         reg.augmentations.get(cfg.aug)
     out.mkdir(parents=True, exist_ok=True)
     folds_csv = out / "folds.csv"
-    plan = plan_data(cfg, folds_csv if resume and folds_csv.exists() else None)
+    plan = plan_data(cfg, folds_csv if (resume or not ddp.is_main()) and folds_csv.exists()
+                     else None)
     # record what the cache decided (size, enhancement, stains): the replayable settings
     cfg = cfg.replace(size=plan.size, enhance=str(plan.enhance.get("name")),
                       enhance_params={k: v for k, v in plan.enhance.items() if k != "name"},
@@ -178,19 +216,11 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     info = {"hpatk_version": __version__, "cache": str(plan.path),
             "cache_fingerprint": str(plan.meta.get("fingerprint", "")),
             "images": int(len(plan.rows))}
-    write_config(cfg, out / "config.yaml", extra=info)
-    write_run_folds(plan, folds_csv)
-    results = []
-    for fold in cfg.fold_list():
-        fold_dir = out / f"fold_{fold}" if cfg.fold == "all" else out
-        if cfg.fold == "all":
-            write_config(cfg.replace(fold=fold, out=str(fold_dir)), fold_dir / "config.yaml",
-                         extra=info)
-        results.append(_train_fold(cfg, plan, fold, fold_dir,
-                                   resume=resume and (fold_dir / "last.pt").exists()))
-    if cfg.fold == "all":
-        write_fold_summary(out, results)
-    return results
+    ddp.check_divides(sorted({cfg.batch_size_at(e) for e in range(cfg.epochs)}))
+    if ddp.is_main():
+        write_config(cfg, out / "config.yaml", extra=info)
+        write_run_folds(plan, folds_csv)
+    return cfg, plan, info
 
 
 def _resume_config(cfg: TrainConfig, out: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -212,7 +242,7 @@ class _Fold:
 
     def __init__(self, cfg: TrainConfig, plan: Any, fold: int, run_dir: Path) -> None:
         self.cfg, self.plan, self.fold, self.run_dir = cfg, plan, fold, run_dir
-        self.device = resolve_device(cfg.device)
+        self.device = ddp.rank_device(resolve_device(cfg.device))
         self.amp_dtype, self.scaler = amp_setup(self.device, cfg.amp)
         self.classes = list(plan.classes)
         self.class_names = [CLASS_NAMES[c] for c in self.classes]
@@ -250,6 +280,8 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    net = ddp.wrap_model(model, device, sync_bn=cfg.sync_bn)  # model itself in one process
+    rank, world = ddp.current().rank, ddp.current().world_size
     loss_fn = get_registry().losses.create(cfg.loss, **cfg.loss_params).to(device)
     prep = BatchPrep(st.normalize["mean"], st.normalize["std"], stain_index=plan.stain_index,
                      device=device, channels_last=cfg.channels_last and device.type == "cuda",
@@ -259,11 +291,15 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.exp(-decay * e))
     workers = _workers(cfg, device)
     pin = device.type == "cuda"
-    train_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size_at(0), seed=cfg.seed)
+    if world > 1 and len(train_ds) < 2 * world:
+        raise HpatkError(f"fold {fold}: {len(train_ds)} training images are too few for "
+                         f"{world} processes (each needs 2 per step)")
+    train_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size_at(0), seed=cfg.seed,
+                                      rank=rank, world_size=world)
     train_loader = make_loader(train_ds, train_sampler, workers=workers, pin_memory=pin,
                                seed=cfg.seed)
     val_sampler = EpochBatchSampler(len(val_ds), max(cfg.max_batch_size, cfg.batch_size),
-                                    shuffle=False)
+                                    shuffle=False, rank=rank, world_size=world)
     val_loader = make_loader(val_ds, val_sampler, workers=workers, pin_memory=pin, seed=cfg.seed)
 
     best: dict[str, dict[str, Any]] = {}
@@ -275,20 +311,25 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
         scheduler.load_state_dict(last["scheduler"])
         if st.scaler is not None and last.get("scaler"):
             st.scaler.load_state_dict(last["scaler"])
-        set_rng_state(last["rng"])
+        rngs = last.get("rng_ranks") or [last["rng"]]
+        set_rng_state(rngs[rank] if len(rngs) == world else last["rng"])
         best = {k: dict(v) for k, v in last["best"].items()}
         rows = [dict(r) for r in last["history"]]
         start = int(last["epoch"])
         if last["batch_size"] != cfg.batch_size_at(start - 1):
             raise HpatkError(f"--resume: last.pt batch size {last['batch_size']} does not "
                              f"match the schedule; the run's config.yaml was edited")
-    write_metrics(run_dir / "metrics.csv", rows)  # drops rows of an epoch that did not finish
+    elif world > 1:
+        seed_everything(ddp.rank_seed(cfg.seed))  # augmentation draws of its own per rank
+    if ddp.is_main():
+        write_metrics(run_dir / "metrics.csv", rows)  # drops rows of an unfinished epoch
 
     fold_txt = f"fold {fold}: "
-    if start == 0:
+    if start == 0 and ddp.is_main():
         print(f"{fold_txt}{len(train_ds)} training images"
               f"{f' ({n_syn} synthetic)' if n_syn else ''}, {len(val_ds)} validation, "
-              f"{len(st.classes)} classes, {cfg.backbone} on {device}", file=sys.stderr)
+              f"{len(st.classes)} classes, {cfg.backbone} on {device}"
+              f"{f' x {world} processes' if world > 1 else ''}", file=sys.stderr)
     for epoch in range(start, cfg.epochs):
         t0 = time.monotonic()
         bs = cfg.batch_size_at(epoch)
@@ -296,17 +337,19 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
         lr = optimizer.param_groups[0]["lr"]
         desc = f"{fold_txt}epoch {epoch + 1}/{cfg.epochs}"
         try:
-            train_loss = train_epoch(model, train_loader, prep, loss_fn, optimizer,
+            train_loss = train_epoch(net, train_loader, prep, loss_fn, optimizer,
                                      scaler=st.scaler, amp_dtype=st.amp_dtype, desc=desc)
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint is '{run_dir / 'last.pt'}' (epoch {epoch})"
                     if rows else "no checkpoint was written")
             raise TrainingDiverged(f"{desc}: {exc}; run stopped, {kept}") from None
         scheduler.step()
-        res = infer(model, val_loader, prep, loss_fn=loss_fn, amp_dtype=st.amp_dtype)
+        ddp.sync_buffers(model)  # rank 0's BatchNorm statistics: the checkpoint's
+        res = infer(model, val_loader, prep, loss_fn=loss_fn, amp_dtype=st.amp_dtype,
+                    gather=True)
         if res.loss is None or not math.isfinite(res.loss):
-            raise TrainingDiverged(f"{desc}: validation loss is {res.loss}; run stopped, "
-                                   f"the last good checkpoint is kept")
+            raise _diverged(f"{desc}: validation loss is {res.loss}; run stopped, "
+                            f"the last good checkpoint is kept")
         m = classification_metrics(res.targets, res.probs)
         row = {"epoch": epoch + 1, "lr": float(lr), "batch_size": bs,
                "train_loss": train_loss, "val_loss": float(res.loss),
@@ -316,16 +359,21 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
         rows.append(row)
         metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
         ckpt = None
+        rngs = ddp.all_objects(rng_state())  # every rank's, for an exact resume
         for name, (key, larger) in BEST.items():
             prev = best.get(name, {}).get(key)
             if prev is None or (row[key] > prev if larger else row[key] < prev):
                 best[name] = {"epoch": epoch + 1, **metrics}
-                ckpt = ckpt or st.checkpoint(model, epoch + 1, metrics)
-                save_checkpoint(ckpt, run_dir / f"{name}.pt")
+                if ddp.is_main():
+                    ckpt = ckpt or st.checkpoint(model, epoch + 1, metrics)
+                    save_checkpoint(ckpt, run_dir / f"{name}.pt")
+        if not ddp.is_main():
+            continue
         full = st.checkpoint(model, epoch + 1, metrics)
         full.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     scaler=st.scaler.state_dict() if st.scaler is not None else None,
-                    rng=rng_state(), batch_size=bs, best=best, history=rows)
+                    rng=rngs[0], batch_size=bs, best=best, history=rows,
+                    **({"rng_ranks": rngs} if world > 1 else {}))
         save_checkpoint(full, run_dir / "last.pt")
         write_metrics(run_dir / "metrics.csv", rows)
         print(f"{desc}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
@@ -353,15 +401,18 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
 
     run_dir, cfg = st.run_dir, st.cfg
     best_path = run_dir / "best_macro_f1.pt"
+    ddp.barrier()  # rank 0 has written it
     ckpt = load_checkpoint(best_path)
     model = build_classifier(ckpt).to(st.device)
     if cfg.channels_last and st.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     prep.augment = None
+    d = ddp.current()
     loader = make_loader(val_ds, EpochBatchSampler(len(val_ds), cfg.max_batch_size,
-                                                   shuffle=False),
+                                                   shuffle=False, rank=d.rank,
+                                                   world_size=d.world_size),
                          workers=workers, pin_memory=st.device.type == "cuda", seed=cfg.seed)
-    res = infer(model, loader, prep, amp_dtype=st.amp_dtype)
+    res = infer(model, loader, prep, amp_dtype=st.amp_dtype, gather=True)
     y = (res.targets > 0.5).astype(np.uint8)
     thr = np.asarray(tune_thresholds(y, res.probs), dtype=np.float64)
     f1 = per_class_f1(y, (res.probs >= 0.5).astype(np.uint8))
@@ -370,6 +421,9 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     f1_t = per_class_f1(y, pred_t)
     at_half = classification_metrics(res.targets, res.probs)
     tuned = predicted_metrics(y, pred_t)
+    result = FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows))
+    if not ddp.is_main():
+        return result
     write_thresholds(run_dir / "thresholds.json", st.classes, st.class_names, thr.tolist(),
                      checkpoint="best_macro_f1.pt", epoch=int(ckpt["epoch"]), fold=st.fold,
                      macro_f1_at_0_5=round(at_half["macro_f1"], 6),
@@ -393,7 +447,7 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                  settings=settings, best=best_tuned, class_names=st.class_names, f1=list(f1),
                  f1_tuned=list(f1_t), thresholds=thr.tolist(),
                  support=y.sum(0).astype(int).tolist())
-    return FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows))
+    return result
 
 
 def write_fold_summary(out: Path, results: list[FoldResult]) -> None:

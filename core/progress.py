@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,9 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
              unit: str = "it", every_s: float = 10.0) -> Iterator[T]:
     """Wrap ``iterable`` with a tqdm bar on a terminal; elsewhere print a line at most
     every ``every_s`` seconds and one at the end."""
+    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 reports for all
+        yield from iterable
+        return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if sys.stderr.isatty():

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
+    sync_bn: bool = False
     seed: int = 0
 
     # -- schedule ----------------------------------------------------------------------

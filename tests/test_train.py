@@ -320,7 +320,7 @@ def test_sampler_is_deterministic_per_epoch_and_covers_everything():
     assert list(s) != first
     s.set_epoch(0)
     assert list(s) == first
-    s = EpochBatchSampler(9, 4, seed=0)  # a trailing batch of one is dropped (BatchNorm)
+    s = EpochBatchSampler(9, 4, seed=0)  # a trailing batch of one joins the one before
     assert len(list(s)) == len(s) == 2
 
 

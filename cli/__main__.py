@@ -1,0 +1,5 @@
+"""``python -m hpatk.cli ...``: the ``hpatk`` command (what ``torchrun -m`` runs)."""
+
+from hpatk.cli.main import main
+
+main()

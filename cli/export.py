@@ -12,8 +12,9 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The .onnx file to write (replaced only when every check passes).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The .onnx file to write (replaced only when every check passes); "
+                   "required unless CHECKPOINT is an exported .onnx and --triton-repo is given.")
 @click.option("--opset", type=click.IntRange(7, 30), default=None,
               help="ONNX opset [default: 17 with --legacy, 18 with --dynamo].")
 @click.option("--dynamo/--legacy", default=None,
@@ -32,10 +33,18 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
               help="Training images for --quantize: a dataset folder or a cache (.h5).")
 @click.option("--calibration-n", type=click.IntRange(1), default=64, show_default=True,
               help="Calibration images drawn at random from --calibration.")
-def export(checkpoint: str, out: str, opset: int | None, dynamo: bool | None,
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
+              help="Classifiers: also write a Triton model repository here "
+                   "(NAME/config.pbtxt, NAME/1/model.onnx, the preprocessing contract).")
+@click.option("--triton-name", default=None,
+              help="The model's name in --triton-repo [default: the .onnx file's stem].")
+@click.option("--triton-max-batch", type=click.IntRange(1), default=16, show_default=True,
+              help="max_batch_size of the Triton model (dynamic batching up to it).")
+def export(checkpoint: str, out: str | None, opset: int | None, dynamo: bool | None,
            probabilities: bool,
            size: int | None, no_verify: bool, quantize: str | None, calibration: str | None,
-           calibration_n: int) -> None:
+           calibration_n: int, triton_repo: str | None, triton_name: str | None,
+           triton_max_batch: int) -> None:
     """Export a trained checkpoint (classifier or generator) to ONNX.
 
     The checkpoint's kind picks the exporter. A classifier takes float images
@@ -51,7 +60,28 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool | None,
       hpatk export run1/best_macro_f1.pt --out int8.onnx --quantize int8 \\
           --calibration hpa-data
       hpatk export gans/class_00/generator.pt --out gen0.onnx --dynamo
+      hpatk export run1/best_macro_f1.pt --out model.onnx --triton-repo triton-models
+      hpatk export model.onnx --triton-repo triton-models    # package an exported model
     """
+    from hpatk.core.errors import HpatkError
+
+    if checkpoint.endswith(".onnx"):
+        if triton_repo is None:
+            raise HpatkError(f"CHECKPOINT '{checkpoint}' is an ONNX model: it is already "
+                             f"exported (pass --triton-repo DIR to package it for Triton)")
+        if out is not None:
+            raise HpatkError("--out: CHECKPOINT is already an .onnx model; with --triton-repo "
+                             "only the Triton repository is written")
+        _write_triton(checkpoint, triton_repo, triton_name, triton_max_batch)
+        return
+    if out is None:
+        raise click.UsageError("Missing option '--out'.")
+    if triton_repo is not None:  # a bad target fails before the export's work
+        from pathlib import Path
+
+        from hpatk.export.triton import triton_target
+
+        triton_target(triton_repo, triton_name or Path(out).stem)
     from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
 
     res = export_checkpoint(checkpoint, out, opset=opset,
@@ -82,6 +112,17 @@ def export(checkpoint: str, out: str, opset: int | None, dynamo: bool | None,
         click.echo(f"  int8: {q['method']}, {q['calibration_images']} calibration images from "
                    f"{q['calibration_source']}; vs float on them: label agreement "
                    f"{q['label_agreement']:.4f}, max |dp| {q['max_abs_prob_diff']:.3g}")
+    if triton_repo is not None:
+        _write_triton(res.path, triton_repo, triton_name, triton_max_batch)
+
+
+def _write_triton(model: object, repo: str, name: str | None, max_batch: int) -> None:
+    from hpatk.export.triton import write_triton_repo
+
+    res = write_triton_repo(str(model), repo, name=name, max_batch=max_batch)
+    click.echo(f"Triton repository: {res.folder} (config.pbtxt, 1/model.onnx, labels.txt, "
+               f"hpatk_metadata.json); serve it with tritonserver --model-repository "
+               f"{res.folder.parent}")
 
 
 @click.command()

@@ -240,6 +240,21 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> bool:
     return external
 
 
+def external_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The external weight files a checked model refers to (beside it), sorted.
+
+    Raises:
+        HpatkError: as :func:`check_model_file`.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    model = check_model_file(path)
+    folder = Path(path).resolve().parent
+    return sorted({folder / ExternalDataInfo(t).location for t in _tensors(model.graph)
+                   if t.data_location == onnx.TensorProto.EXTERNAL})
+
+
 def check_model_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse and check an ONNX file without loading external weights.
 

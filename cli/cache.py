@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from hpatk.core.classes import STAINS
+from hpatk.core.threads import threads_option
 
 
 @click.group()
@@ -75,6 +76,7 @@ def enhance_params(clip_limit: float | None, grid_size: str | None,
 @click.option("--compression", type=click.Choice(["none", "blosc-lz4"]), default=None,
               help="'none' (default, fastest reads) or 'blosc-lz4' (smaller, ~0.7x speed).")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
+@threads_option
 def build(data_dir: Path, out: Path | None, enhance: str, clip_limit: float | None,
           grid_size: str | None, pairs: tuple[str, ...], size: int, stains: str,
           extra: tuple[Path, ...], workers: int | None, compression: str | None,

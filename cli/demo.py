@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import click
+from hpatk.core.threads import threads_option
 
 
 def _run(step: int, total: int, args: list[str]) -> None:
@@ -58,6 +59,7 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
               help="Train a small per-class DCGAN and train with --aug gan.")
 @click.option("--gan-steps", type=click.IntRange(min=1), default=600, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
 def demo(out: Path, n: int, size: int, epochs: int, backbone: str, gan: bool, gan_steps: int,
          seed: int) -> None:
     """Run the pipeline end to end on a synthetic dataset (CPU: a few minutes).

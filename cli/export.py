@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import click
+from hpatk.core.threads import threads_option
 
 # Kept in sync with hpatk.export.runtime (not imported here: it pulls numpy/onnxruntime).
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
@@ -145,13 +146,12 @@ def _write_triton(model: object, repo: str, name: str | None, max_batch: int) ->
               help="Test-time augmentation: flips averages the 4 horizontal/vertical flips.")
 @click.option("--probs", "probs_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-class probabilities (Id, then one column per class index).")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="ONNX Runtime intra-op threads [default: one per physical core].")
+@threads_option
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="Threads decoding and enhancing images.")
 def predict(model: str, images_dir: str, out: str, ids_csv: str | None, split: str,
             provider: str, strict: bool, batch: int, tta: str, probs_csv: str | None,
-            threads: int | None, workers: int) -> None:
+            workers: int) -> None:
     """Predict with an exported ONNX classifier and write a Kaggle submission.
 
     Reads each image's stain PNGs, enhances and resizes them exactly as the training
@@ -168,7 +168,7 @@ def predict(model: str, images_dir: str, out: str, ids_csv: str | None, split: s
     from hpatk.export.runtime import OnnxClassifier
 
     check_paths(model, out, probs_csv)
-    clf = OnnxClassifier(model, provider=provider, threads=threads, strict=strict)
+    clf = OnnxClassifier(model, provider=provider, strict=strict)
     report = clf.report.describe().splitlines()
     click.echo(report[0])
     for line in report[1:]:

@@ -93,6 +93,9 @@ def cli() -> None:
       hpatk data synth demo-data --n 200
       hpatk train --data demo-data --backbone resnet18 --epochs 2 --out run1
     """
+    from hpatk.core.threads import configure_threads
+
+    configure_threads()  # before any command imports torch: OpenMP reads its policy once
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from hpatk.core.threads import threads_option
 
 if TYPE_CHECKING:
     from hpatk.core.train_config import TrainConfig
@@ -119,6 +120,7 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
 @click.option("--sync-bn/--no-sync-bn", default=None, help="Under torchrun on GPUs: "
               "BatchNorm statistics over the global batch (SyncBatchNorm). [default: off]")
 @dist_options
+@threads_option
 def train(config_path: str | None, resume: bool, recipe: str | None, dist_backend: str,
           dist_timeout: float, **options: Any) -> None:
     """Train a multi-label classifier (the paper's recipe by default).
@@ -197,6 +199,7 @@ def train_config(config_path: str | None, resume: bool, recipe: str | None,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
+@threads_option
 def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out: str | None,
              device: str, workers: int) -> None:
     """Recompute a run's metrics on its validation fold(s) or a whole dataset.
@@ -291,6 +294,7 @@ def experiment_config(base: TrainConfig, recipe: str | None,
 @click.option("--recipe", help="paper-28 or paper-top5: the paper's settings; options given "
               "explicitly override it (--backbones always lists the backbones).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
+@threads_option
 def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int] | None,
               out: str, recipe: str | None, **options: Any) -> None:
     """Table 1: macro F1 per backbone and size, mean +- sd over folds.

@@ -87,12 +87,14 @@ class ProviderReport:
 
 def session_options(threads: int | None = None) -> onnxruntime.SessionOptions:
     """Session options: full graph optimisation, no thread spinning (MEASURED.md:
-    spinning slowed torch work right after ``run`` by up to 1.5x)."""
+    spinning slowed torch work right after ``run`` by up to 1.5x), ``threads`` intra-op
+    threads (default: hpatk's thread count, :func:`hpatk.core.threads.thread_count`)."""
     import onnxruntime as ort
+    from hpatk.core.threads import thread_count
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads or 0)  # 0: one per physical core
+    so.intra_op_num_threads = int(threads or thread_count())
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -107,7 +109,7 @@ def create_session(path: str | os.PathLike[str], provider: str = "auto", *,
 
     Args:
         provider: ``auto``, ``cpu``, ``cuda`` or ``tensorrt``.
-        threads: intra-op threads (default: one per physical core).
+        threads: intra-op threads (default: :func:`hpatk.core.threads.thread_count`).
         strict: fail when a requested accelerator (cuda, tensorrt) did not load.
 
     Raises:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from hpatk.core.threads import threads_option
 
 
 @click.group()
@@ -80,6 +81,7 @@ def gan() -> None:
 @click.option("--max-memory", type=float, default=4.0, show_default=True,
               help="GiB of resized images to hold in memory; above it batches are read "
                    "from the cache.")
+@threads_option
 def train(data: str, classes: tuple[str, ...], top: int | None, out: str, size: int | None,
           width: int, steps: int | None, epochs: float | None, batch_size: int, g_lr: float,
           d_lr: float, seed: int, device: str, sample_every: int, checkpoint_every: int,

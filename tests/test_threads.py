@@ -93,7 +93,6 @@ def test_heavy_commands_share_the_threads_option(path):
 
 def test_threads_option_applies_and_validates(clean_threads, tmp_path):
     import torch
-
     from hpatk.cli.main import cli
 
     runner = CliRunner()

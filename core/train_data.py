@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hpatk.core.classes import STAINS
 from hpatk.core.errors import HpatkError
 from hpatk.core.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from hpatk.core.cache import CacheIndex
 
 
 @dataclass
@@ -34,6 +37,7 @@ class DataPlan:
     stains: list[str]
     size: int
     enhance: dict[str, Any]
+    index: CacheIndex | None = None  # what was read from the file (datasets reuse it)
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, validation rows) of ``fold``, as cache row indices."""
@@ -57,9 +61,13 @@ def enhance_of(meta: dict[str, Any]) -> dict[str, Any]:
     return {"name": "none"}
 
 
-def open_cache(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
-    """Build or reuse the cache for ``cfg.data``; check it agrees with the options."""
-    from hpatk.core.cache import ensure_cache, read_cache_meta
+def open_cache(cfg: TrainConfig) -> CacheIndex:
+    """Build or reuse the cache for ``cfg.data``; check it agrees with the options.
+
+    Returns:
+        The cache's index (metadata, labels, Ids), read in one open of the file.
+    """
+    from hpatk.core.cache import ensure_cache, read_cache_index
 
     data = Path(cfg.data)
     if not cfg.data:
@@ -67,8 +75,8 @@ def open_cache(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     if not data.exists():
         raise HpatkError(f"--data '{data}' does not exist")
     if data.is_file():
-        path = Path(ensure_cache(data))
-        meta = read_cache_meta(path)
+        index = read_cache_index(data)  # validates the file
+        path, meta = index.path, index.meta
         size = int(meta.get("size", 0))
         if cfg.size is not None and int(cfg.size) != size:
             raise HpatkError(f"--size {cfg.size}: cache '{path}' holds {size} px images; pass "
@@ -77,22 +85,18 @@ def open_cache(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
         if cfg.enhance is not None and cfg.enhance != enh.get("name"):
             raise HpatkError(f"--enhance {cfg.enhance}: cache '{path}' was enhanced with "
                              f"'{enh.get('name')}'; pass the dataset folder to rebuild it")
-        return path, meta
+        return index
     kw: dict[str, Any] = dict(enhance=cfg.enhance or "clahe",
                               enhance_params=cfg.enhance_params or None,
                               size=int(cfg.size or 512), cache_dir=cfg.cache_dir)
-    path = Path(ensure_cache(data, **kw))
-    return path, read_cache_meta(path)
+    return read_cache_index(ensure_cache(data, **kw))
 
 
 def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None) -> DataPlan:
     """Open the cache and assign folds (multilabel-stratified on the used classes,
     deterministic for ``cfg.seed``), or read them from ``folds_csv``."""
-    from hpatk.core.cache import cache_ids, cache_labels
-
-    path, meta = open_cache(cfg)
-    labels = np.asarray(cache_labels(path))
-    ids = [str(i) for i in cache_ids(path)]
+    index = open_cache(cfg)
+    path, meta, labels, ids = index.path, index.meta, index.labels, index.ids
     classes = cfg.class_indices()
     rows = np.flatnonzero(labels[:, list(classes)].any(axis=1))
     if len(rows) < cfg.folds * 2:
@@ -114,7 +118,8 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
                          f"(it has {', '.join(cache_stains)})")
     return DataPlan(path=path, meta=meta, ids=ids, labels=labels, classes=classes, rows=rows,
                     folds=folds, cache_stains=cache_stains, stains=stains,
-                    size=int(meta.get("size", cfg.size or 0)), enhance=enhance_of(meta))
+                    size=int(meta.get("size", cfg.size or 0)), enhance=enhance_of(meta),
+                    index=index)
 
 
 def _folds_from_file(path: str | os.PathLike[str], ids: list[str], k: int) -> np.ndarray:
@@ -162,8 +167,8 @@ def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tupl
 
     train_rows, val_rows = plan.split(fold)
     classes = list(plan.classes)
-    train = CacheDataset(plan.path, indices=train_rows, classes=classes)
-    val = CacheDataset(plan.path, indices=val_rows, classes=classes)
+    train = CacheDataset(plan.path, indices=train_rows, classes=classes, index=plan.index)
+    val = CacheDataset(plan.path, indices=val_rows, classes=classes, index=plan.index)
     if not synthetic:
         return train, val, 0
     syn_rows = synthetic_rows(plan, fold)

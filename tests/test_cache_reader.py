@@ -22,7 +22,6 @@ from hpatk.core.cache import (
     CacheDataset,
     add_synthetic,
     cache_labels,
-    cache_loader,
     read_cache_meta,
     remove_synthetic,
     synthetic_info,
@@ -84,8 +83,6 @@ def test_batched_reads_equal_single_reads(synth_cache):
     for k, i in enumerate(order):
         x, y = ds[i]
         assert torch.equal(xb[k], x) and torch.equal(yb[k], y)
-    pairs = ds.__getitems__(order)
-    assert all(torch.equal(p[0], xb[k]) for k, p in enumerate(pairs))
 
 
 def test_pickles_without_a_handle(synth_cache):
@@ -107,23 +104,25 @@ def test_dataloader_workers_return_identical_bytes(synth_cache, context):
     assert torch.equal(ds[3][0], torch.from_numpy(images[3]))  # parent handle still fine
 
 
-def test_cache_loader_reads_whole_batches(synth_cache):
+def test_the_engines_loader_reads_whole_batches(synth_cache):
+    """make_loader (what training and evaluation use) hands over read_batch's batches,
+    from this process and from a spawn worker (shared memory), in sampler order."""
+    from hpatk.core.batching import EpochBatchSampler, make_loader
+
     images = _images(synth_cache)
     ds = CacheDataset(synth_cache, classes=TOP5)
-    xb, yb = ds[[4, 2, 9]]  # a list of indices is a batch
-    assert xb.shape == (3, 4, 64, 64) and yb.shape == (3, 5)
-    assert torch.equal(xb[1], torch.from_numpy(images[2]))
-    got = list(cache_loader(ds, 10, num_workers=2, multiprocessing_context="fork"))
-    assert [len(x) for x, _ in got] == [10] * 9 + [6]
-    np.testing.assert_array_equal(torch.cat([x for x, _ in got]).numpy(), images)
-    np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(),
-                                  ds.labels[:, list(TOP5)])
-    shuffled = cache_loader(ds, 16, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(0))
-    seen = [x for x, _ in shuffled]
-    assert len(seen) == 6 and not torch.equal(seen[0], torch.from_numpy(images[:16]))
-    with pytest.raises(HpatkError, match="not both"):
-        cache_loader(ds, 4, shuffle=True, sampler=range(3))
+    for workers in (0, 1):
+        sampler = EpochBatchSampler(len(ds), 10, shuffle=False)
+        got = list(make_loader(ds, sampler, workers=workers))
+        assert [len(x) for x, _ in got] == [10] * 9 + [6]
+        np.testing.assert_array_equal(torch.cat([x for x, _ in got]).numpy(), images)
+        np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(),
+                                      ds.labels[:, list(TOP5)])
+    sampler = EpochBatchSampler(len(ds), 16, seed=0)
+    order = np.concatenate([b for b in sampler])
+    xs = torch.cat([x for x, _ in make_loader(ds, sampler)])
+    np.testing.assert_array_equal(xs.numpy(), images[order])
+    assert not np.array_equal(order, np.arange(len(order)))
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -270,3 +269,25 @@ def test_missing_dataset_is_a_clear_error(cache):
     with pytest.raises(HpatkError, match="damaged cache") as exc:
         CacheDataset(cache)
     _one_line(exc, cache)
+
+
+def test_a_training_plan_opens_the_cache_once(synth_cache, monkeypatch):
+    """plan_data reads metadata, labels and Ids in one open; the fold's datasets reuse
+    them (the file opens again only to read pixels)."""
+    from hpatk.core.train_config import TrainConfig
+    from hpatk.core.train_data import fold_datasets, plan_data
+
+    opened = []
+    real_file = h5py.File
+
+    def counting(name, *args, **kwargs):
+        opened.append(str(name))
+        return real_file(name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", counting)
+    plan = plan_data(TrainConfig(data=str(synth_cache), folds=3, classes="top5"))
+    train, val, n_syn = fold_datasets(plan, 0)
+    assert opened == [str(synth_cache)]
+    assert n_syn == 0 and len(train) + len(val) == len(plan.rows)
+    assert train.ids == [plan.ids[i] for i in plan.split(0)[0]]
+    np.testing.assert_array_equal(val.labels, cache_labels(synth_cache)[plan.split(0)[1]])

@@ -13,6 +13,7 @@ reported (or, with ``strict``, refused).
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import re
@@ -41,18 +42,27 @@ TTA = ("none", "flips")
 # -- providers --------------------------------------------------------------------------
 
 
+def gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU (a device node of the driver, or WSL's
+    GPU), without loading CUDA: a CPU-only machine with onnxruntime-gpu installed has
+    none, and ``auto`` then does not try (and fail) to load CUDA."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
 def requested_providers(provider: str = "auto") -> list[str]:
     """The execution providers to ask ONNX Runtime for, best first.
 
-    ``auto`` asks for CUDA when this onnxruntime build has it (it may still fail to
-    load), else the CPU; ``tensorrt`` falls back through CUDA to the CPU.
+    ``auto`` asks for CUDA when this onnxruntime build has it and a GPU is present (it
+    may still fail to load), else the CPU; ``tensorrt`` falls back through CUDA to the
+    CPU.
     """
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
         raise HpatkError(f"--provider must be one of {', '.join(PROVIDERS)}, not '{provider}'")
     if provider == "auto":
-        return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+        cuda = CUDA in ort.get_available_providers() and gpu_present()
+        return [CUDA, CPU] if cuda else [CPU]
     return list(_CHAINS[provider])
 
 

@@ -173,13 +173,14 @@ def test_bad_metadata(model, tmp_path, key, value, message):
 
 
 def test_requested_providers():
-    from hpatk.export import requested_providers
+    from hpatk.export import requested_providers, runtime
 
     assert requested_providers("cpu") == [CPU]
     assert requested_providers("cuda") == [CUDA, CPU]
     assert requested_providers("tensorrt") == ["TensorrtExecutionProvider", CUDA, CPU]
     auto = requested_providers("auto")
-    assert auto == ([CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU])
+    gpu = runtime.gpu_present()
+    assert auto == ([CUDA, CPU] if CUDA in ort.get_available_providers() and gpu else [CPU])
     with pytest.raises(HpatkError, match="--provider must be one of"):
         requested_providers("npu")
 
@@ -222,6 +223,23 @@ def test_accelerator_fallback_is_reported_and_strict_fails(model, provider, capf
         OnnxClassifier(model[1], provider=provider, strict=True)
     auto = OnnxClassifier(model[1], provider="auto", strict=True)  # auto never fails
     assert auto.providers == [CPU]
+
+
+@pytest.mark.skipif(_cuda_loads() or CUDA not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu on a machine where CUDA does not load")
+def test_auto_notes_a_cuda_fallback_only_with_a_gpu(model, monkeypatch):
+    """No 'CUDA requested but not loaded' note on a machine without a GPU."""
+    from hpatk.export import OnnxClassifier, runtime
+
+    monkeypatch.setattr(runtime, "gpu_present", lambda: False)
+    quiet = OnnxClassifier(model[1], provider="auto")
+    assert quiet.report.requested == (CPU,)
+    assert quiet.report.describe() == f"ONNX Runtime providers: {CPU}"
+    monkeypatch.setattr(runtime, "gpu_present", lambda: True)  # a GPU whose CUDA fails
+    noted = OnnxClassifier(model[1], provider="auto")
+    assert noted.providers == [CPU]
+    assert f"note: {CUDA} requested (--provider auto) but not loaded" in \
+        noted.report.describe()
 
 
 @pytest.mark.cuda

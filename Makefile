@@ -1,30 +1,37 @@
 # `make demo` and `make test` set up .venv on first use (torch pins in constraints.txt).
+# The demo installs hpatk alone; tests add the test extra and the example plugin in
+# tests/plugin_pkg (test-only: it must not land in a user's environment).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install install-test demo test lint bench clean
 
 $(BIN)/hpatk: setup.py constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
-	$(BIN)/python -m pip install -c constraints.txt -e tests/plugin_pkg
+	$(BIN)/python -m pip install -c constraints.txt -e .
 	touch $(BIN)/hpatk
 
+$(VENV)/.test-installed: $(BIN)/hpatk tests/plugin_pkg/pyproject.toml
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test]' -e tests/plugin_pkg
+	touch $@
+
 install: $(BIN)/hpatk
+
+install-test: $(VENV)/.test-installed
 
 demo: install
 	$(BIN)/hpatk demo --out demo-run
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS) tests
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check --line-length 100 --select E,F,W,I,B,UP --target-version py310 core plugins cli export tests
 
-bench: install
+bench: install-test
 	for f in tests/benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -72,6 +72,7 @@ setup(
         "opencv-python-headless>=4.8",
         "iterative-stratification>=0.1.7",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # linalg.sqrtm: the feature Fréchet distance (hpatk gan evaluate)
         "tqdm>=4.66",
         "matplotlib>=3.7",
         "pyyaml>=6.0",

@@ -22,7 +22,7 @@
   image closer than the ``copy_quantile`` of those is flagged as a likely copy.
 
 Inputs are uint8 images (N, C, S, S) and uint8 label matrices (N, K) over the evaluated
-classes; core only (no plugin imports): :mod:`hpatk.cli` wires generators to this.
+classes; core only (no plugin imports): the `gan evaluate` command wires generators to it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the last line, whichever comes first, and one line at the end.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,9 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
         every_fraction: without a terminal, a line each time this fraction of ``total``
             more is done.
     """
+    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 reports for all
+        yield from iterable
+        return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if sys.stderr.isatty():

@@ -319,3 +319,14 @@ def test_failure_on_one_rank_stops_both(small_cache, tmp_path, how):
         assert "last good checkpoint" in r.stdout
     else:
         assert "injected failure on rank 1" in r.stdout
+
+
+def test_only_rank_0_shows_progress(monkeypatch, capsys):
+    from hpatk.core.progress import progress
+
+    monkeypatch.setenv("RANK", "1")
+    assert list(progress(range(5), desc="epoch")) == list(range(5))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert list(progress(range(5), desc="epoch")) == list(range(5))
+    assert "epoch" in capsys.readouterr().err

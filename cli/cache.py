@@ -150,10 +150,12 @@ def info(cache_file: Path, as_json: bool) -> None:
     click.echo(f"{'classes':<12} {'images':>7} {'share':>7}")
     for k, count in enumerate(counts):
         click.echo(f"  {k:>2} {CLASS_NAMES[k]:<31} {count:>7} {100 * count / max(n, 1):>6.1f}%")
+    from hpatk.core.folds import fold_label
+
     syn = meta["synthetic"]
     click.echo(f"{'synthetic':<12} {len(syn)} batches, {sum(b['n'] for b in syn)} images")
     for b in syn:
-        fold = "all data" if b["fold"] is None else f"fold {b['fold']}"
+        fold = fold_label(b["fold"])
         click.echo(f"  {b['batch']}  class {b['class_index']} {b['class_name']}  n={b['n']}  "
                    f"generator={b['generator']}  trained on {fold}  seed={b['seed']}  "
                    f"{b['created']}")

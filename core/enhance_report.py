@@ -304,8 +304,9 @@ def _plain(value: Any) -> str:
 
 
 def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path:
-    """PNG picture grid: one row per example image, columns original + each method, with
-    the method's mean SSIM in the column title. Written atomically.
+    """PNG picture grid: one row per example image, columns original + each method. Each
+    method's column title gives its mean SSIM to the original over all compared images,
+    and each cell that image's own SSIM. Written atomically.
 
     Shape:
         each cell shows an (H, W, 3) composite of the (C, H, W) image.
@@ -318,10 +319,11 @@ def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path
     if not result.examples:
         raise HpatkError("no images to draw")
     columns = ["original", *result.methods]
-    ssim_of = {r["method"]: r["ssim_mean"] for r in result.summary()}
+    summary = {r["method"]: r for r in result.summary()}
+    ssim_of = {(r["id"], r["method"]): r["ssim"] for r in result.rows}
     rows = len(result.examples)
     fig, axes = plt.subplots(rows, len(columns), squeeze=False,
-                             figsize=(2.6 * len(columns), 2.6 * rows + 0.5))
+                             figsize=(2.6 * len(columns), 2.75 * rows + 0.9))
     for r, (image_id, images) in enumerate(result.examples):
         for c, name in enumerate(columns):
             ax = axes[r][c]
@@ -329,13 +331,18 @@ def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                title = name if name == "original" else f"{name}\nSSIM {ssim_of[name]:.3f}"
-                ax.set_title(title, fontsize=10)
+                title = name if name == "original" else (
+                    f"{name}\nmean SSIM {summary[name]['ssim_mean']:.3f} "
+                    f"({summary[name]['n']} images)")
+                ax.set_title(title, fontsize=9)
             if c == 0:
                 ax.set_ylabel(image_id[:13], fontsize=7)
+            elif (image_id, name) in ssim_of:
+                ax.set_xlabel(f"SSIM {ssim_of[(image_id, name)]:.3f}", fontsize=8)
     stain_text = ", ".join(f"{s}" for s in result.stains)
-    fig.suptitle(f"contrast enhancement ({stain_text}; yellow shown as half red + green)",
-                 fontsize=9)
+    fig.suptitle(f"contrast enhancement ({stain_text}; yellow shown as half red + green)\n"
+                 "SSIM: similarity to the original (1 = unchanged); column titles: mean over "
+                 "all compared images, under each picture: that image", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

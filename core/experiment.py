@@ -151,7 +151,8 @@ def _plot(path: Path, cell: dict[tuple[str, int], dict[str, Any]], backbones: li
         sd = [cell[(b, s)]["val_macro_f1_sd"] if (b, s) in cell else 0 for b in backbones]
         ax.bar(x + (j - (len(sizes) - 1) / 2) * w, mean, w, yerr=sd, capsize=3, label=f"{s} px")
     ax.set_xticks(x, backbones, rotation=20)
-    ax.set(ylabel="macro F1 (validation)", ylim=(0, 1), title="Backbones x input size")
+    ax.set(xlabel="backbone", ylabel="macro F1 (validation)", ylim=(0, 1),
+           title="Backbones x input size")
     ax.legend()
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

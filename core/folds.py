@@ -16,6 +16,12 @@ import numpy as np
 from hpatk.core.errors import DataError
 
 
+def fold_label(fold: int | None) -> str:
+    """How a report names the images something was trained or evaluated on: ``"fold 2"``,
+    or ``"all images (no fold)"`` for None."""
+    return "all images (no fold)" if fold is None else f"fold {fold}"
+
+
 def make_folds(targets: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
     """Assign every sample to one of ``k`` folds, stratified over all label columns.
 

@@ -27,15 +27,17 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> P
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
     ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     ax[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
-    ax[0].set(title="loss", xlabel="epoch")
+    ax[0].set(title="loss", xlabel="epoch", ylabel="loss (training objective)")
     ax[0].legend()
     for key, label in (("val_macro_f1", "macro F1"), ("val_micro_f1", "micro F1"),
                        ("val_accuracy", "accuracy")):
         ax[1].plot(ep, [r[key] for r in rows], "o-", label=label)
-    ax[1].set(title="validation metrics (threshold 0.5)", xlabel="epoch", ylim=(0, 1))
+    ax[1].set(title="validation metrics (threshold 0.5)", xlabel="epoch", ylabel="score",
+              ylim=(0, 1))
     ax[1].legend()
     ax[2].plot(ep, [r["lr"] for r in rows], "o-", color="C3")
-    ax[2].set(title="learning rate (line) / batch size (bars)", xlabel="epoch")
+    ax[2].set(title="learning rate (line) / batch size (bars)", xlabel="epoch",
+              ylabel="learning rate")
     twin = ax[2].twinx()
     twin.bar(ep, [r["batch_size"] for r in rows], alpha=0.2, color="C4")
     twin.set_ylabel("batch size")
@@ -51,22 +53,28 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> P
 
 def plot_per_class(names: Sequence[str], f1: Sequence[float], path: str | os.PathLike[str],
                    f1_tuned: Sequence[float] | None = None, title: str = "") -> Path:
-    """Horizontal bars of per-class F1 (at 0.5, and with tuned thresholds if given)."""
+    """Horizontal bars of per-class F1 (at 0.5, and with tuned thresholds if given), each
+    with its value; the legend sits below the axes, never over a bar."""
     import numpy as np
 
     plt = _pyplot()
     k = len(names)
-    fig, ax = plt.subplots(figsize=(7, 0.32 * k + 1.4))
+    two = f1_tuned is not None
+    fig, ax = plt.subplots(figsize=(7, 0.32 * k * (1.5 if two else 1) + 1.9))
     y = np.arange(k)
-    h = 0.4 if f1_tuned is not None else 0.8
-    ax.barh(y - (h / 2 if f1_tuned is not None else 0), f1, height=h, label="threshold 0.5")
-    if f1_tuned is not None:
-        ax.barh(y + h / 2, f1_tuned, height=h, label="tuned thresholds")
-        ax.legend(loc="lower right")
+    h = 0.4 if two else 0.8
+    bars = [ax.barh(y - (h / 2 if two else 0), f1, height=h, label="threshold 0.5")]
+    if two:
+        bars.append(ax.barh(y + h / 2, f1_tuned, height=h, label="tuned thresholds"))
+    for b in bars:
+        ax.bar_label(b, fmt="%.2f", padding=2, fontsize=7)
     ax.set_yticks(y, list(names))
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="F1", title=title or "per-class F1 (validation)")
-    fig.tight_layout()
+    ax.set_ylim(k - 0.5, -0.5)  # first class on top, no empty margin
+    ax.set(xlim=(0, 1.1), xticks=np.linspace(0, 1, 6), xlabel="F1", ylabel="class",
+           title=title or "per-class F1 (validation)")
+    if two:  # below the x label, outside the axes
+        fig.legend(loc="lower center", ncol=2, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight() if two else 0, 1, 1))
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")

@@ -231,6 +231,7 @@ def sample(generator: str, n: int, into: str | None, out: str | None, seed: int,
     """
     if (into is None) == (out is None):
         raise click.UsageError("give exactly one of --into CACHE or --out DIR")
+    from hpatk.core.folds import fold_label
     from hpatk.plugins.augment_gan.sampling import load_generator, sample_into_cache, sample_to_dir
 
     gen = load_generator(generator, device=device)
@@ -238,7 +239,8 @@ def sample(generator: str, n: int, into: str | None, out: str | None, seed: int,
     if into is not None:
         batch_name = sample_into_cache(gen, into, n, seed=seed, batch_size=batch, resize=resize)
         click.echo(f"added {n} synthetic images of class {gen.class_index} ({name}) to "
-                   f"{into} as synthetic/{batch_name} (fold {gen.ckpt.get('fold')}, seed {seed})")
+                   f"{into} as synthetic/{batch_name} (generator trained on "
+                   f"{fold_label(gen.ckpt.get('fold'))}, seed {seed})")
     else:
         sample_to_dir(gen, out, n, seed=seed, batch_size=batch)  # type: ignore[arg-type]
         click.echo(f"wrote {n} images of class {gen.class_index} ({name}) to {out}")

@@ -172,6 +172,8 @@ def test_synthetic_round_trip_and_exclusion(cache):
     assert "synthetic    2 batches, 8 images" in r.output
     assert "batch-000001  class 8 Peroxisomes  n=5  generator=gan/class8.pt  trained on " \
            "fold 2  seed=7" in r.output
+    assert "class 25 Cytosol  n=3  generator=" in r.output
+    assert "trained on all images (no fold)  seed=1" in r.output
 
     assert remove_synthetic(cache, ["batch-000001"]) == 1
     assert synthetic_info(cache)["class_index"].tolist() == [25] * 3

@@ -295,8 +295,10 @@ def experiment_config(base: TrainConfig, recipe: str | None,
               "explicitly override it (--backbones always lists the backbones).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @threads_option
+@dist_options
 def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int] | None,
-              out: str, recipe: str | None, **options: Any) -> None:
+              out: str, recipe: str | None, dist_backend: str, dist_timeout: float,
+              **options: Any) -> None:
     """Table 1: macro F1 per backbone and size, mean +- sd over folds.
 
     Every backbone x size trains on the same folds (OUT/folds.csv) with the paper's
@@ -307,11 +309,17 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
     Example:
       hpatk experiment backbones --data data --backbones resnet50,inceptionv4 \\
           --sizes 256,512 --folds 5 --fold-subset 0,1 --epochs 35 --out table1
+      torchrun --standalone --nproc_per_node=4 $(which hpatk) experiment backbones \\
+          --data data --out table1     # the jobs spread over 4 processes, round robin
     """
+    from hpatk.core.distributed import distributed, is_main
     from hpatk.core.experiment import run_backbones
     from hpatk.core.train_config import TrainConfig
 
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     base = experiment_config(TrainConfig(data=data, out=out), recipe, options)
-    run_backbones(base, names, sizes, out, fold_subset=fold_subset)
+    with distributed(dist_backend, dist_timeout, device=base.device):
+        run_backbones(base, names, sizes, out, fold_subset=fold_subset)
+        if not is_main():
+            return
     click.echo((Path(out) / "table1.md").read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hpatk.core import distributed as ddp
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open, atomic_path
 from hpatk.core.train_config import TrainConfig
@@ -47,23 +48,36 @@ def run_backbones(base: TrainConfig, backbones: list[str], sizes: list[int],
     for b in backbones:
         get_registry().backbones.get(b)  # unknown names fail before any training
     folds_csv = out / "folds.csv"
-    if not folds_csv.exists():
-        write_run_folds(plan_data(base.replace(size=sizes[0], fold=folds[0])), folds_csv)
-    results: list[dict[str, Any]] = []
-    for size in sizes:
-        for backbone in backbones:
-            for k in folds:
-                run_dir = out / "runs" / f"{backbone}_{size}" / f"fold_{k}"
-                cfg = base.replace(backbone=backbone, size=size, fold=k, out=str(run_dir),
-                                   folds_file=str(folds_csv))
-                done = (run_dir / "thresholds.json").exists() and len(
-                    read_metrics(run_dir / "metrics.csv")) >= cfg.epochs
-                if not done:
-                    train(cfg, resume=(run_dir / "last.pt").exists())
-                results.append({"backbone": backbone, "size": size, "fold": k,
-                                **_best_row(run_dir)})
-                write_results(out, results)
-    write_table(out, results, backbones, sizes)
+    with ddp.main_first("assigning the folds"):
+        if ddp.is_main() and not folds_csv.exists():
+            write_run_folds(plan_data(base.replace(size=sizes[0], fold=folds[0])), folds_csv)
+    jobs = [(backbone, size, k) for size in sizes for backbone in backbones for k in folds]
+
+    def run_dir(backbone: str, size: int, k: int) -> Path:
+        return out / "runs" / f"{backbone}_{size}" / f"fold_{k}"
+
+    def result(backbone: str, size: int, k: int) -> dict[str, Any]:
+        return {"backbone": backbone, "size": size, "fold": k,
+                **_best_row(run_dir(backbone, size, k))}
+
+    finished: list[tuple[str, int, int]] = []
+    for job in ddp.spread(jobs):  # under torchrun: this rank's share, round robin
+        backbone, size, k = job
+        cfg = base.replace(backbone=backbone, size=size, fold=k, out=str(run_dir(*job)),
+                           folds_file=str(folds_csv))
+        done = (run_dir(*job) / "thresholds.json").exists() and len(
+            read_metrics(run_dir(*job) / "metrics.csv")) >= cfg.epochs
+        if not done:
+            with ddp.single_process():  # a job of its own: it writes its run folder
+                train(cfg, resume=(run_dir(*job) / "last.pt").exists())
+        finished.append(job)
+        if not ddp.current().enabled:  # one process: results.csv grows job by job
+            write_results(out, [result(*j) for j in finished])
+    ddp.barrier(ddp.JOIN_WAIT_S)  # every rank's jobs are done
+    results = [result(*j) for j in jobs]
+    if ddp.is_main():
+        write_results(out, results)
+        write_table(out, results, backbones, sizes)
     return results
 
 

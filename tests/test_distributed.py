@@ -330,3 +330,31 @@ def test_only_rank_0_shows_progress(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     assert list(progress(range(5), desc="epoch")) == list(range(5))
     assert "epoch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_experiment_jobs_spread_over_ranks(small_cache, tmp_path):
+    """4 (backbone, fold) jobs over 2 processes: each trained once, and a single process
+    rerunning the command finds every run finished and writes the same results."""
+    from click.testing import CliRunner
+    from hpatk.cli.main import cli
+
+    out = tmp_path / "t1"
+    args = ["experiment", "backbones", "--data", small_cache, "--backbones",
+            f"{TINY},timm:test_efficientnet", "--sizes", 32, "--folds", 3, "--fold-subset",
+            "0,1", "--epochs", 1, "--batch-size", 8, "--classes", "top5", "--aug", "none",
+            "--device", "cpu", "--out", out]
+    r = torchrun(args, tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert r.stdout.count("epoch 1/1: loss") == 4, "every job trained once, by one rank"
+    assert r.stdout.count("| model | 32 px |") == 1, "rank 0 alone prints the table"
+    results = (out / "results.csv").read_text()
+    assert len(results.splitlines()) == 5
+    for b in (TINY, "timm:test_efficientnet"):
+        for k in (0, 1):
+            assert (out / "runs" / f"{b}_32" / f"fold_{k}" / "thresholds.json").is_file()
+    (out / "results.csv").unlink()
+    single = CliRunner().invoke(cli, [str(a) for a in args])
+    assert single.exit_code == 0, single.output
+    assert "epoch 1/1" not in single.output, "a single process reuses every finished run"
+    assert (out / "results.csv").read_text() == results

@@ -200,8 +200,11 @@ def train_config(config_path: str | None, resume: bool, recipe: str | None,
               show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
 @threads_option
+@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+              help="Test-time augmentation: flips averages the 4 horizontal/vertical flips "
+                   "(as hpatk predict --tta flips).")
 def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out: str | None,
-             device: str, workers: int) -> None:
+             device: str, workers: int, tta: str) -> None:
     """Recompute a run's metrics on its validation fold(s) or a whole dataset.
 
     Prints macro/micro F1 and accuracy at threshold 0.5 and with the tuned thresholds
@@ -212,12 +215,14 @@ def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out:
     Example:
       hpatk evaluate run1
       hpatk evaluate run1 --data other-data --checkpoint best_loss --out preds.csv
+      hpatk evaluate run1 --tta flips
     """
     from hpatk.core.evaluate import evaluate_run
 
     ev = evaluate_run(run, data=data, fold=fold, checkpoint=checkpoint, out=out,
-                      device=device, workers=workers)
-    click.echo(f"{checkpoint} on {ev.what}: {ev.n} images")
+                      device=device, workers=workers, tta=tta)
+    click.echo(f"{checkpoint} on {ev.what}: {ev.n} images"
+               + (" (tta flips: mean of the 4 flips)" if tta != "none" else ""))
     click.echo(f"{'':18} {'macro F1 (Kaggle)':>17} {'macro F1 (Eq. 8)':>16} {'micro F1':>9} "
                f"{'accuracy':>9}")
     for label, m in (("threshold 0.5", ev.at_half), ("tuned thresholds", ev.tuned)):

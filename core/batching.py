@@ -194,17 +194,22 @@ class Inference:
 @torch.inference_mode()
 def infer(model: nn.Module, loader: DataLoader, prep: BatchPrep, *,
           loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
-          desc: str = "", gather: bool = False) -> Inference:
+          desc: str = "", gather: bool = False, tta: str = "none") -> Inference:
     """Run ``model`` (eval mode) over ``loader``; sigmoid probabilities and mean loss.
 
     With ``gather`` under a launch, each rank's loader reads its shard (an unshuffled
     :class:`EpochBatchSampler` with ``rank``/``world_size``) and every rank gets all of
-    them, in dataset order, and the mean loss over all images.
+    them, in dataset order, and the mean loss over all images. ``tta="flips"`` averages
+    the probabilities of the four flips (:mod:`hpatk.core.tta`); the loss stays the
+    unflipped images'.
 
     Shape:
         probs, targets: (N, K) float32.
     """
     from hpatk.core.progress import progress
+    from hpatk.core.tta import tta_axes
+
+    axes = tta_axes(tta)
 
     model.eval()
     probs, targets = [], []
@@ -216,11 +221,14 @@ def infer(model: nn.Module, loader: DataLoader, prep: BatchPrep, *,
         yd = y.to(prep.device, non_blocking=True)
         with torch.autocast(prep.device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            logits = model(x)
-        logits = logits.float()
+            views = [model(x.flip(a) if a else x).float() for a in axes]
+        logits = views[0]
         if loss_fn is not None:
             loss_sum += loss_fn(logits, yd).double() * len(yd)
-        probs.append(torch.sigmoid(logits).cpu())
+        p = torch.sigmoid(logits)
+        for v in views[1:]:
+            p = p + torch.sigmoid(v)
+        probs.append((p / len(views)).cpu())
         targets.append(y.float())
         n += len(y)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)

@@ -62,8 +62,10 @@ class Predictions:
 
 
 def predict_rows(ckpt: dict[str, Any], cache: Path, rows: np.ndarray | None, *,
-                 device: str = "auto", batch_size: int = 64, workers: int = 0) -> Predictions:
-    """Run a checkpoint's model on cache ``rows`` (all when None).
+                 device: str = "auto", batch_size: int = 64, workers: int = 0,
+                 tta: str = "none") -> Predictions:
+    """Run a checkpoint's model on cache ``rows`` (all when None); ``tta="flips"``
+    averages the four flips (:mod:`hpatk.core.tta`, as ``hpatk predict --tta flips``).
 
     Shape:
         probs: (N, K) float32 sigmoid probabilities for ``ckpt["classes"]``.
@@ -94,7 +96,7 @@ def predict_rows(ckpt: dict[str, Any], cache: Path, rows: np.ndarray | None, *,
                          workers=workers, pin_memory=dev.type == "cuda")
     amp = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
     res = infer(model, loader, prep, amp_dtype=amp,
-                desc="predict" if len(ds) > 2000 else "")
+                desc="predict" if len(ds) > 2000 else "", tta=tta)
     return Predictions([all_ids[i] for i in rows], rows, res.probs.astype(np.float32),
                        (res.targets > 0.5).astype(np.uint8), classes)
 
@@ -144,7 +146,7 @@ class Evaluation:
 def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
                  fold: int | None = None, checkpoint: str = "best_macro_f1",
                  out: str | os.PathLike[str] | None = None, device: str = "auto",
-                 workers: int = 0) -> Evaluation:
+                 workers: int = 0, tta: str = "none") -> Evaluation:
     """Recompute a run's metrics.
 
     Without ``data``: on the validation fold (the run's fold; every fold out-of-fold,
@@ -154,6 +156,7 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
 
     Args:
         out: optional CSV of per-image predictions (Id, Target, Predicted, p_<class>...).
+        tta: ``flips`` averages the probabilities of the four flips of each image.
     """
     from hpatk.core.checkpoint import load_checkpoint
     from hpatk.core.classes import CLASS_NAMES
@@ -164,7 +167,9 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
         predicted_metrics,
     )
     from hpatk.core.train_config import read_config
+    from hpatk.core.tta import tta_axes
 
+    tta_axes(tta)  # an unknown tta fails before any work
     run = Path(run)
     cfg = read_config(run / "config.yaml")
     names = ("best_macro_f1", "best_loss", "best_micro_f1", "last")
@@ -200,7 +205,8 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
             rows = np.array([pos[i] for i, f in table.items() if f == k and i in pos], dtype=int)
             if len(rows) == 0:
                 raise HpatkError(f"run '{run}': fold {k} has no images in cache '{cache}'")
-            parts.append((predict_rows(ck, cache, np.sort(rows), device=device, workers=workers),
+            parts.append((predict_rows(ck, cache, np.sort(rows), device=device, workers=workers,
+                                       tta=tta),
                           ck))
         what = (f"validation fold {next(iter(ckpts))}" if len(ckpts) == 1
                 else f"out-of-fold validation, folds {','.join(map(str, ckpts))}")
@@ -215,7 +221,7 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
         rows = np.flatnonzero(labels[:, classes].any(axis=1))
         if len(rows) == 0:
             raise HpatkError(f"--data '{data}': no image carries one of the run's classes")
-        runs = [predict_rows(ck, cache, rows, device=device, workers=workers)
+        runs = [predict_rows(ck, cache, rows, device=device, workers=workers, tta=tta)
                 for ck in ckpts.values()]
         preds = runs[0]
         preds.probs = np.mean([r.probs for r in runs], axis=0).astype(np.float32)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hpatk.core.errors import HpatkError
+from hpatk.core.tta import tta_axes
 from hpatk.export.metadata import decode_metadata, validate_metadata
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 CPU, CUDA, TENSORRT = ("CPUExecutionProvider", "CUDAExecutionProvider",
                        "TensorrtExecutionProvider")
 _CHAINS = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU]}
-TTA = ("none", "flips")
 
 
 # -- providers --------------------------------------------------------------------------
@@ -475,8 +475,7 @@ class OnnxClassifier(OnnxModel):
     def predict_probs(self, images: np.ndarray | Sequence[np.ndarray], *, tta: str = "none",
                       batch_size: int = 16) -> np.ndarray:
         """Probabilities (B, K) float32; ``tta="flips"`` averages the four flips."""
-        if tta not in TTA:
-            raise HpatkError(f"--tta must be one of {', '.join(TTA)}, not '{tta}'")
+        tta_axes(tta)  # an unknown tta fails before any work
         x = self.prepare(images)
         out = np.empty((len(x), len(self.classes)), np.float32)
         for s in range(0, len(x), max(int(batch_size), 1)):
@@ -485,14 +484,14 @@ class OnnxClassifier(OnnxModel):
 
     def probs_of(self, x: np.ndarray, *, tta: str = "none") -> np.ndarray:
         """Probabilities of one prepared float32 batch (B, C, S, S)."""
-        views = [x] if tta == "none" else [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
+        axes = tta_axes(tta)
         total = None
-        for v in views:
-            y = self.run(np.ascontiguousarray(v))
+        for a in axes:
+            y = self.run(np.ascontiguousarray(np.flip(x, a) if a else x))
             if self.metadata["output"] == "logits":
                 y = 1.0 / (1.0 + np.exp(-y))
             total = y if total is None else total + y
-        return (total / np.float32(len(views))).astype(np.float32)
+        return (total / np.float32(len(axes))).astype(np.float32)
 
     def labels_of(self, probs: np.ndarray) -> tuple[list[list[int]], list[list[str]]]:
         """Thresholded labels (at least one per image), as class indices and names."""

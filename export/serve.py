@@ -237,7 +237,7 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
 
     from hpatk.core.io import file_sha256
     from hpatk.core.picture import STAIN_COLOURS
-    from hpatk.export.runtime import TTA
+    from hpatk.core.tta import TTA
 
     opts = options or ServeOptions()
     if opts.workers < 1:

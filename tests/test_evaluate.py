@@ -143,3 +143,37 @@ def test_evaluate_refuses_a_cache_of_another_size(run, data, tmp_path):
     other = build_cache(data[0], tmp_path / "c48.h5", enhance="clahe", size=48, workers=1)
     r = invoke("evaluate", run, "--data", other, ok=False)
     assert r.exit_code == 1 and "48 px" in r.output and "32 px" in r.output
+
+
+def test_evaluate_tta_flips_averages_the_four_flips(run, data, tmp_path):
+    import torch
+    from hpatk.core.cache import CacheDataset
+    from hpatk.core.checkpoint import build_classifier, load_checkpoint
+
+    plain, flips = tmp_path / "plain.csv", tmp_path / "flips.csv"
+    invoke("evaluate", run, "--fold", 0, "--out", plain)
+    r = invoke("evaluate", run, "--fold", 0, "--out", flips, "--tta", "flips")
+    assert "tta flips" in r.output
+    classes = [0, 25, 21, 2, 23]
+
+    def probs(path):
+        with open(path, newline="") as f:
+            return {r["Id"]: [float(r[f"p_{c}"]) for c in classes] for r in csv.DictReader(f)}
+
+    got, base = probs(flips), probs(plain)
+    assert sorted(got) == sorted(base)
+    assert not np.allclose(list(got.values()), list(base.values()), atol=1e-6)
+    # the reference: the checkpoint in PyTorch on the four flips of each cached image
+    ckpt = load_checkpoint(run / "fold_0" / "best_macro_f1.pt")
+    model = build_classifier(ckpt).eval()
+    ds = CacheDataset(data[1])
+    rows = [i for i, x in enumerate(ds.ids) if x in got]
+    x = torch.stack([torch.as_tensor(ds[i][0]) for i in rows]).float() / 255
+    mean = torch.tensor(ckpt["normalize"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt["normalize"]["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+        want = torch.stack([torch.sigmoid(model((v - mean) / std)) for v in views]).mean(0)
+    np.testing.assert_allclose([got[ds.ids[i]] for i in rows], want.numpy(), atol=2e-5)
+    r = invoke("evaluate", run, "--tta", "rotate", ok=False)
+    assert r.exit_code == 2 and "--tta" in r.output

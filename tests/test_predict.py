@@ -126,6 +126,23 @@ def test_predict_equals_evaluate(data, model, cache, tmp_path):
         assert np.array_equal(clf.preprocess(load_stains(refs[ds.ids[i]])), cached)
 
 
+def test_predict_tta_equals_evaluate_tta(model, cache):
+    """--tta flips: ONNX Runtime (hpatk predict/serve) and PyTorch (hpatk evaluate) average
+    the same four views."""
+    from hpatk.core.cache import CacheDataset
+    from hpatk.core.evaluate import predict_rows
+    from hpatk.export import OnnxClassifier
+
+    _, ckpt, onnx_path = model
+    torch_probs = predict_rows(ckpt, cache, None, device="cpu", tta="flips").probs
+    clf = OnnxClassifier(onnx_path, provider="cpu")
+    images = np.stack([CacheDataset(cache)[i][0].numpy() for i in range(len(torch_probs))])
+    onnx_probs = clf.predict_probs(clf.to_float(images), tta="flips")
+    np.testing.assert_allclose(onnx_probs, torch_probs, rtol=1e-3, atol=1e-5)
+    plain = predict_rows(ckpt, cache, None, device="cpu").probs
+    assert np.abs(plain - torch_probs).max() > 1e-4  # the flips do change the answer
+
+
 def test_predict_options_ids_batch_tta(data, model, tmp_path):
     _, _, onnx_path = model
     all_ids = [row[0] for row in _read(data / "sample_submission.csv")[1:]]

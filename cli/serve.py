@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from hpatk.cli.export import PROVIDERS
+from hpatk.core.threads import threads_option
 
 # The defaults live in hpatk.export.serve.ServeOptions; repeated here only for --help
 # (importing it would pull numpy at `hpatk --help`); a test keeps them equal.
@@ -19,8 +20,7 @@ DEFAULTS = {"max_batch": 16, "max_wait_ms": 5.0, "max_request_mb": 64.0, "worker
               help="ONNX Runtime execution provider (auto: CUDA when it loads, else CPU).")
 @click.option("--strict", is_flag=True,
               help="Fail when the requested cuda/tensorrt provider does not load.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="ONNX Runtime intra-op threads [default: one per physical core].")
+@threads_option
 @click.option("--max-batch", type=click.IntRange(1), default=DEFAULTS["max_batch"],
               show_default=True, help="Most images gathered into one ONNX Runtime call.")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=DEFAULTS["max_wait_ms"],
@@ -33,9 +33,8 @@ DEFAULTS = {"max_batch": 16, "max_wait_ms": 5.0, "max_request_mb": 64.0, "worker
               show_default=True, help="Threads decoding and enhancing uploaded images.")
 @click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn's log level (debug adds an access log).")
-def serve(model: str, host: str, port: int, provider: str, strict: bool, threads: int | None,
-          max_batch: int, max_wait_ms: float, max_request_mb: float, workers: int,
-          log_level: str) -> None:
+def serve(model: str, host: str, port: int, provider: str, strict: bool, max_batch: int,
+          max_wait_ms: float, max_request_mb: float, workers: int, log_level: str) -> None:
     """Serve an exported ONNX classifier over HTTP, with a web page at /.
 
     POST /v1/predict takes the stains as multipart files (fields green, red, blue,
@@ -71,7 +70,7 @@ def serve(model: str, host: str, port: int, provider: str, strict: bool, threads
         click.echo(f"serving {model} on http://{host}:{port}/ (max batch {max_batch}, "
                    f"max wait {max_wait_ms:g} ms, {workers} decode threads)")
 
-    run(model, host=host, port=port, provider=provider, strict=strict, threads=threads,
+    run(model, host=host, port=port, provider=provider, strict=strict,
         options=ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms,
                              max_request_mb=max_request_mb, workers=workers),
         log_level=log_level, on_start=started)

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install install-test demo test lint bench clean
+.PHONY: install install-test demo test lint bench docs clean
 
 $(BIN)/hpatk: setup.py constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/hpatk: setup.py constraints.txt
 
 $(VENV)/.test-installed: $(BIN)/hpatk tests/plugin_pkg/pyproject.toml
 	$(BIN)/python -m pip install -c constraints.txt -e '.[test]' -e tests/plugin_pkg
+	touch $@
+
+$(VENV)/.docs-installed: $(BIN)/hpatk
+	$(BIN)/python -m pip install -c constraints.txt -e '.[docs]'
 	touch $@
 
 install: $(BIN)/hpatk
@@ -33,6 +37,11 @@ lint: install-test
 
 bench: install-test
 	for f in tests/benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+# The reference site into build/docs-site (offline; --strict: a broken link or reference
+# fails). Built-in plugins only, so a locally installed plugin does not enter the pages.
+docs: $(VENV)/.docs-installed
+	HPATK_DISABLE_PLUGIN_AUTOLOAD=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-data demo-run

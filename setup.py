@@ -82,6 +82,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.22", "ruff>=0.5",
                  *SERVE, "httpx>=0.27", "psutil>=5.9", "playwright>=1.40",
                  "tritonclient>=2.40"],
+        # `make docs`: the reference site (docs/mkdocs.yml)
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26",
+                 "mkdocs-click>=0.8"],
     },
     entry_points={
         "console_scripts": ["hpatk = hpatk.cli.main:main"],

@@ -459,7 +459,8 @@ def decode_stains(buffers: Sequence[np.ndarray | bytes], stains: Sequence[str],
     Args:
         buffers: one encoded image per stain, in ``stains`` order.
         where: the file (or upload field) of each, named in errors.
-        size, expected_shape: as in :func:`load_stains`.
+        size: as in :func:`load_stains`.
+        expected_shape: as in :func:`load_stains`.
 
     Returns:
         uint8 array. Shape: (len(stains), H, W).

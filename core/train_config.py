@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 35
     size: int | None = None
     classes: str = "all"
+    real_per_class: int | None = None
     in_stains: list[str] | None = None
     enhance: str | None = None
     enhance_params: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +145,8 @@ class TrainConfig:
             raise bad("head", f"must be 'default' or 'paper', not '{self.head}'")
         if self.workers is not None and int(self.workers) < 0:
             raise bad("workers", f"must be >= 0, not {self.workers}")
+        if self.real_per_class is not None and int(self.real_per_class) < 1:
+            raise bad("real_per_class", f"must be positive, not {self.real_per_class}")
         parse_classes(self.classes)
 
 

@@ -38,16 +38,44 @@ class DataPlan:
     size: int
     enhance: dict[str, Any]
     index: CacheIndex | None = None  # what was read from the file (datasets reuse it)
+    real_per_class: int | None = None  # subsample the training rows (``--real-per-class``)
+    seed: int = 0
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """(train rows, validation rows) of ``fold``, as cache row indices."""
-        return self.rows[self.folds != fold], self.rows[self.folds == fold]
+        """(train rows, validation rows) of ``fold``, as cache row indices; with
+        ``real_per_class``, the training rows are :func:`subsample_per_class` of them (the
+        same for every run with this seed: classifiers and generators see the same images)."""
+        train, val = self.rows[self.folds != fold], self.rows[self.folds == fold]
+        if self.real_per_class:
+            keep = subsample_per_class(self.labels[train][:, list(self.classes)],
+                                       int(self.real_per_class), seed=self.seed + fold)
+            train = train[keep]
+        return train, val
 
     @property
     def stain_index(self) -> list[int] | None:
         """Channels to take from the cache, or None for all of them in order."""
         idx = [self.cache_stains.index(s) for s in self.stains]
         return None if idx == list(range(len(self.cache_stains))) else idx
+
+
+def subsample_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices such that every class has about ``n`` images (all it has when
+    fewer): classes are filled rarest first, each with random images carrying it, counting
+    the images already taken for other classes (multi-label images count for each label).
+
+    Shape:
+        (N, K) 0/1 -> (M,) int64, M <= N.
+    """
+    y = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    taken = np.zeros(len(y), bool)
+    for c in np.argsort(y.sum(0), kind="stable"):
+        need = n - int((taken & y[:, c]).sum())
+        if need > 0:
+            free = np.flatnonzero(y[:, c] & ~taken)
+            taken[rng.permutation(free)[:need]] = True
+    return np.flatnonzero(taken)
 
 
 def enhance_of(meta: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +147,7 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
     return DataPlan(path=path, meta=meta, ids=ids, labels=labels, classes=classes, rows=rows,
                     folds=folds, cache_stains=cache_stains, stains=stains,
                     size=int(meta.get("size", cfg.size or 0)), enhance=enhance_of(meta),
-                    index=index)
+                    index=index, real_per_class=cfg.real_per_class, seed=cfg.seed)
 
 
 def _folds_from_file(path: str | os.PathLike[str], ids: list[str], k: int) -> np.ndarray:

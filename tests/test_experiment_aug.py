@@ -48,6 +48,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_table_has_both_arms_and_both_splits(experiment):
     out, output = experiment
     for name in ("table.md", "table.csv", "differences.csv", "table.png", "results.csv",
@@ -63,6 +64,7 @@ def test_table_has_both_arms_and_both_splits(experiment):
         (a, f, s) for a in ("classic", "none") for f in ("0", "1") for s in ("train", "val")}
 
 
+@pytest.mark.slow
 def test_scores_are_the_runs_own(experiment):
     """val = hpatk evaluate of the fold's best_macro_f1.pt; train = the subsampled rows."""
     from hpatk.core.evaluate import evaluate_run
@@ -82,6 +84,7 @@ def test_scores_are_the_runs_own(experiment):
     assert int(train[0]["images"]) < 32  # --real-per-class 8 subsampled the ~32 training rows
 
 
+@pytest.mark.slow
 def test_mean_sd_and_paired_t_interval(experiment):
     from scipy import stats
 
@@ -103,6 +106,7 @@ def test_mean_sd_and_paired_t_interval(experiment):
             (ci.low, ci.high), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_both_arms_share_folds_and_seed(experiment):
     from hpatk.core.train_config import read_config
 
@@ -115,6 +119,7 @@ def test_both_arms_share_folds_and_seed(experiment):
         assert (out / "runs" / a / "fold_0" / "folds.csv").read_text() == shared
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_runs(experiment, cache):
     out, _ = experiment
     ckpt = out / "runs" / "none" / "fold_0" / "last.pt"

@@ -66,6 +66,7 @@ def test_unknown_recipe_is_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_train_records_the_recipe_settings(tmp_path):
     """End to end: one epoch of a tiny backbone, the recipe's other settings in config.yaml."""
     from hpatk.core.cache import build_cache

@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,12 +58,15 @@ class ServeOptions:
         max_wait_ms: how long the first image of a batch waits for more.
         max_request_mb: largest request body accepted (413 beyond).
         workers: threads decoding and enhancing uploads.
+        max_pixels: largest stain image (width x height) decoded; a small PNG can
+            declare a huge image (a decompression bomb), refused from its header.
     """
 
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_request_mb: float = 64.0
     workers: int = 2
+    max_pixels: int = 8192 * 8192
 
 
 class BadInput(Exception):
@@ -189,6 +193,31 @@ def read_array(data: bytes, field: str = ARRAY_FIELD) -> np.ndarray:
                            field) from None
 
 
+def check_dimensions(files: Mapping[str, bytes], max_pixels: int) -> None:
+    """Refuse an encoded image whose header declares more than ``max_pixels`` pixels,
+    before decoding it (Pillow reads the header only; what it cannot read is left to the
+    decoder to refuse).
+
+    Raises:
+        BadInput: 413 naming the field.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover -- matplotlib brings Pillow
+        return
+    for field, data in files.items():
+        try:
+            with warnings.catch_warnings():  # Pillow's own bomb warning: we decide here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:
+                    w, h = im.size
+        except Exception:  # noqa: BLE001 -- not an image Pillow knows: the decoder decides
+            continue
+        if w * h > max_pixels:
+            raise BadInput(413, f"image of {w}x{h} px is over the {max_pixels} pixel limit",
+                           field)
+
+
 def _data_error(exc: DataError, default_field: str | None) -> BadInput:
     problem = getattr(exc, "problem", None)
     if problem is not None and problem.stain:
@@ -310,7 +339,8 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
                 "stain_colours": {s: STAIN_COLOURS.get(s) for s in stains},
                 "thresholds": clf.thresholds.tolist(), "tta": list(TTA),
                 "serve": {"max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms,
-                          "max_request_mb": opts.max_request_mb, "workers": opts.workers}}
+                          "max_request_mb": opts.max_request_mb, "workers": opts.workers,
+                          "max_pixels": opts.max_pixels}}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -414,6 +444,7 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
             raise BadInput(400, f"stain '{missing[0]}' is missing (this model takes "
                            f"{', '.join(stains)}, or one .npy/.npz as '{ARRAY_FIELD}')",
                            missing[0])
+        check_dimensions(files, opts.max_pixels)
         return files
 
     async def _parse_multipart(request: Request, body: bytes) -> dict[str, bytes]:

@@ -6,6 +6,7 @@ while the server goes on serving."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -264,6 +265,23 @@ def _png(array) -> bytes:
     return buf.tobytes()
 
 
+@functools.cache
+def _bomb() -> bytes:
+    """A PNG of 10000 x 10000 black pixels: 100 MB decoded, about 100 kB encoded."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    side = 10000
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit gray
+    z = zlib.compressobj(6)
+    rows = b"\0" * ((side + 1) * 1000)  # 1000 rows of filter byte 0 + black pixels
+    raw = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
 def _bad_cases(data):
     image_id = _ids(data)[0]
     good = _files(data, image_id)
@@ -309,6 +327,8 @@ def _bad_cases(data):
         "bad tta": ({"files": good, "params": {"tta": "rotate"}}, 400, "tta"),
         "too large (declared)": ({"files": {**good, "green": ("g.png", b"\0" * (1 << 20 + 1))}},
                                  413, "body"),
+        "decompression bomb": ({"files": dict(good, blue=("b.png", _bomb(), "image/png"))},
+                               413, "blue"),
     }
 
 
@@ -316,7 +336,7 @@ CASES = ["missing stain", "truncated png", "not an image", "empty file",
          "stains of different sizes", "rgb where gray expected", "unknown field", "text field",
          "image and stains", "three stains array", "float array", "2d array", "pickled array",
          "npz of two arrays", "garbage array", "empty body", "wrong content type",
-         "malformed multipart", "bad tta", "too large (declared)"]
+         "malformed multipart", "bad tta", "too large (declared)", "decompression bomb"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -285,12 +285,17 @@ def wrap_model(model: Any, device: Any, *, sync_bn: bool = False) -> Any:
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_bn:
-        if device.type != "cuda":
-            raise HpatkError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no "
-                             "CPU kernel); drop it on CPU")
+        check_sync_bn(sync_bn, device)
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+
+
+def check_sync_bn(sync_bn: bool, device: Any) -> None:
+    """Refuse ``--sync-bn`` where PyTorch cannot synchronise BatchNorm (CPU)."""
+    if sync_bn and _current.enabled and device.type != "cuda":
+        raise HpatkError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                         "kernel); drop it on CPU")
 
 
 def rank_seed(seed: int) -> int:

@@ -217,6 +217,7 @@ def _prepare(cfg: TrainConfig, resume: bool,
             "cache_fingerprint": str(plan.meta.get("fingerprint", "")),
             "images": int(len(plan.rows))}
     ddp.check_divides(sorted({cfg.batch_size_at(e) for e in range(cfg.epochs)}))
+    ddp.check_sync_bn(cfg.sync_bn, resolve_device(cfg.device))
     if ddp.is_main():
         write_config(cfg, out / "config.yaml", extra=info)
         write_run_folds(plan, folds_csv)

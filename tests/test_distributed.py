@@ -358,3 +358,24 @@ def test_experiment_jobs_spread_over_ranks(small_cache, tmp_path):
     assert single.exit_code == 0, single.output
     assert "epoch 1/1" not in single.output, "a single process reuses every finished run"
     assert (out / "results.csv").read_text() == results
+
+
+def test_launch_checks_name_the_option(monkeypatch):
+    from hpatk.core import distributed as ddp
+    from hpatk.core.errors import HpatkError
+    from hpatk.core.train_config import TrainConfig
+
+    monkeypatch.setattr(ddp, "_current", ddp.Dist(rank=0, world_size=4))
+    cfg = TrainConfig(batch_size=12, max_batch_size=48, batch_double_every=1)
+    ddp.check_divides([cfg.batch_size_at(e) for e in range(3)])  # 12, 24, 48
+    with pytest.raises(HpatkError, match=r"--batch-size: the global batch 30 does not "
+                                         r"divide over 4 processes; use multiples of 4"):
+        ddp.check_divides([32, 30])
+    with pytest.raises(HpatkError, match="--sync-bn needs CUDA"):
+        ddp.check_sync_bn(True, torch.device("cpu"))
+    ddp.check_sync_bn(False, torch.device("cpu"))
+    assert ddp.spread(list(range(10))) == [0, 4, 8]
+    monkeypatch.setattr(ddp, "_current", ddp.Dist())
+    ddp.check_divides([30])  # one process: any batch
+    ddp.check_sync_bn(True, torch.device("cpu"))  # one process: nothing to synchronise
+    assert ddp.spread(list(range(3))) == [0, 1, 2]

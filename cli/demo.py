@@ -4,26 +4,43 @@ same commands a user types (each step prints its command line)."""
 from __future__ import annotations
 
 import csv
-import shlex
 import time
 from pathlib import Path
 
 import click
+from hpatk.cli.demo_report import DemoFacts, StepRecord, capture, write_demo_report
 from hpatk.core.threads import threads_option
 
 
-def _run(step: int, total: int, args: list[str]) -> None:
-    """Run one ``hpatk`` command in-process, exactly as the command line would."""
+def _run(step: int, total: int, record: StepRecord) -> None:
+    """Run one ``hpatk`` command in-process, exactly as the command line would, keeping
+    its wall time and output in ``record``."""
     from hpatk.cli.main import cli
 
-    click.secho(f"\n[{step}/{total}] hpatk {shlex.join(args)}", bold=True, err=True)
+    click.secho(f"\n[{step}/{total}] {record.command}", bold=True, err=True)
     start = time.monotonic()
-    try:
-        cli.main(args=args, prog_name="hpatk", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        if exc.exit_code:
-            raise
-    click.echo(f"      ({time.monotonic() - start:.1f}s)", err=True)
+    with capture(record):
+        try:
+            cli.main(args=record.args, prog_name="hpatk", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            if exc.exit_code:
+                raise
+    record.seconds = time.monotonic() - start
+    click.echo(f"      ({record.seconds:.1f}s)", err=True)
+
+
+def _tidy(out: Path) -> None:
+    """Remove the cache builder's lock file (``.NAME.lock``) once nothing holds it: the
+    demo's folder keeps only results."""
+    import fcntl
+
+    for lock in out.glob(".*.lock"):
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use by another process: leave it
+            lock.unlink(missing_ok=True)
 
 
 def _score_submission(submission: Path, answers: Path, classes: list[int]) -> dict[str, float]:
@@ -114,14 +131,20 @@ def demo(out: Path, n: int, size: int, epochs: int, backbone: str, gan: bool, ga
     ]
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    for i, args in enumerate(steps, 1):
-        _run(i, len(steps), args)
+    records = [StepRecord(args) for args in steps]
+    for i, record in enumerate(records, 1):
+        _run(i, len(records), record)
     from hpatk.core.classes import TOP5
 
     score = _score_submission(submission, data / "test_labels.csv", list(TOP5))
-    click.secho(f"\nDemo done in {time.monotonic() - start:.0f}s. Test split scored against "
+    total = time.monotonic() - start
+    _tidy(out)
+    facts = DemoFacts(out, records, score, total, settings={
+        "images": n, "size": f"{size} px", "backbone": backbone, "epochs": epochs,
+        "augmentation": aug, "seed": seed})
+    md, page = write_demo_report(facts)
+    click.secho(f"\nDemo done in {total:.0f}s. Test split scored against "
                 f"the synthetic answers ({score['images']} images with a top-5 class): "
                 f"macro F1 {score['macro_f1']:.3f}, micro F1 {score['micro_f1']:.3f}.",
                 bold=True)
-    click.echo(f"Look at: {run / 'report.md'}, {out / 'enhance'}, {gans if gan else ''} "
-               f"{submission}")
+    click.echo(f"The story on one page: {md} (and {page}, pictures embedded).")

@@ -1,0 +1,112 @@
+"""The demo's one-page report (cli/demo_report.py): the story in order, image counts with
+the synthetic images, providers, each step's command and time, and an HTML page that
+stands on its own."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hpatk.cli.demo_report import DemoFacts, StepRecord, capture, write_demo_report
+
+
+def _png(path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((8, 8, 3), value, np.uint8))
+
+
+@pytest.fixture
+def demo_folder(tmp_path, synth_cache_with_synthetic):
+    out = tmp_path / "demo-run"
+    out.mkdir()
+    (out / "cache.h5").symlink_to(synth_cache_with_synthetic)
+    _png(out / "synth_preview.png", 10)
+    _png(out / "enhance" / "grid.png", 20)
+    (out / "enhance" / "metrics.csv").write_text(
+        "method,n,mse_mean,mse_sd,psnr_mean,psnr_sd,ssim_mean,ssim_sd,config\n"
+        "clahe,16,1294.4,249.9,17.09,0.90,0.501,0.023,name=clahe\n")
+    _png(out / "gans" / "class_00" / "samples_real.png", 30)
+    _png(out / "gans" / "class_00" / "samples_step2.png", 40)
+    _png(out / "gans" / "class_00" / "samples_step10.png", 50)
+    _png(out / "run" / "curves.png", 60)
+    _png(out / "run" / "per_class_f1.png", 70)
+    steps = [
+        StepRecord(["data", "synth", "d"], 3.25, "wrote d: 100 train + 25 test images\n"),
+        StepRecord(["train", "--data", "c.h5", "--aug", "gan"], 40.0,
+                   "fold 0: 80 training images (12 synthetic), 20 validation, 5 classes, "
+                   "resnet18 on cpu\nfold 0: epoch 1/2:  50% 1/2 batch\n"
+                   "fold 0: epoch 1/2: loss 0.2 val_loss 0.3\nfold 0: best macro F1 0.5\n"),
+        StepRecord(["predict", "m.onnx", "d", "--out", "s.csv"], 2.0,
+                   "ONNX Runtime providers: CPUExecutionProvider\npredicted 25 images\n"),
+    ]
+    score = {"images": 25, "macro_f1": 0.61, "micro_f1": 0.7}
+    return DemoFacts(out, steps, score, 45.5, settings={"backbone": "resnet18"})
+
+
+@pytest.fixture
+def synth_cache_with_synthetic(synth_cache, tmp_path):
+    """A copy of the shared cache with 3 synthetic images of class 0 added."""
+    from hpatk.core.cache import add_synthetic
+
+    cache = tmp_path / "cache.h5"
+    shutil.copy(synth_cache, cache)
+    add_synthetic(cache, np.zeros((3, 4, 64, 64), np.uint8), 0, generator="g.pt", fold=0,
+                  seed=0)
+    return cache
+
+
+def test_report_tells_the_story_in_order(demo_folder):
+    md_path, html_path = write_demo_report(demo_folder)
+    md = md_path.read_text()
+    heads = re.findall(r"^## (.*)$", md, re.M)
+    assert [h.split(".")[0] for h in heads] == ["1", "2", "3", "4", "5", "6", "7"]
+    assert "The cache holds 96 real images" in md and "3 synthetic images of class 0" in md
+    assert "Training used: 80 training images (12 synthetic), 20 validation" in md
+    assert "ONNX Runtime ran with: CPUExecutionProvider." in md
+    assert "| 25 | 0.610 | 0.700 |" in md
+    assert "| 2 | `hpatk train --data c.h5 --aug gan` | 40.0 |" in md
+    assert "| clahe | 16 | 1294.4 ± 249.9 | 17.09 ± 0.90 | 0.501 ± 0.023 |" in md
+    # the GAN's last grid (step 10, not step 2) beside the real images
+    assert "gans/class_00/samples_real.png" in md and "samples_step10.png" in md
+    assert "samples_step2.png" not in md
+    assert "took 46 s" in md
+    # training: the epoch summaries and the result, not the progress lines
+    assert "```\nfold 0: epoch 1/2: loss 0.2 val_loss 0.3\nfold 0: best macro F1 0.5\n```" in md
+    assert "50% 1/2 batch" not in md
+
+
+def test_html_is_self_contained(demo_folder):
+    _, html_path = write_demo_report(demo_folder)
+    page = html_path.read_text()
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) == 6  # preview, grid, real, GAN, curves, per-class: no file links
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    first = base64.b64decode(sources[0].split(",", 1)[1])
+    assert first == (demo_folder.out / "synth_preview.png").read_bytes()
+    assert "href=" not in page and "<script" not in page
+    assert "<code>hpatk train --data c.h5 --aug gan</code>" in page
+    assert not [p for p in demo_folder.out.iterdir() if p.name.startswith(".")]
+
+
+def test_sections_without_files_are_left_out(tmp_path):
+    out = tmp_path / "bare"
+    out.mkdir()
+    md_path, _ = write_demo_report(DemoFacts(out, [StepRecord(["evaluate", "r"], 1.0, "ok")],
+                                             {}, 1.0))
+    md = md_path.read_text()
+    assert "GAN" not in md and "Contrast enhancement" not in md and "![" not in md
+
+
+def test_capture_keeps_lines_not_bar_updates(capsys):
+    record = StepRecord(["x"])
+    with capture(record):
+        print("one line")
+        sys.stderr.write("\r 50%|#####     |")
+        print("to stderr", file=sys.stderr)
+    assert record.output == "one line\nto stderr\n"
+    assert "one line" in capsys.readouterr().out  # still shown

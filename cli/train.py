@@ -366,6 +366,7 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
 @click.option("--seed", type=int, help="Folds, initialisation, shuffling, generators: the "
               "same for both arms. [default: 0]")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
+@threads_option
 def gan_vs_classic(data: str, augs: str, recipe: str, fold_subset: list[int] | None, out: str,
                    aug_param: dict[str, Any] | None, **options: Any) -> None:
     """Tables 2/3: classic vs classic + synthetic augmentation on the same folds.

@@ -72,8 +72,9 @@ def test_policy_applies_before_torch_import():
     assert out[-2:] == ["PASSIVE", "1"]
 
 
-HEAVY = [("train",), ("evaluate",), ("experiment", "backbones"), ("cache", "build"),
-         ("predict",), ("demo",), ("gan", "train")]
+HEAVY = [("train",), ("evaluate",), ("experiment", "backbones"),
+         ("experiment", "gan-vs-classic"), ("cache", "build"), ("predict",), ("demo",),
+         ("gan", "train"), ("serve",)]
 
 
 @pytest.mark.parametrize("path", HEAVY, ids=" ".join)

@@ -169,4 +169,25 @@ def test_page_predicts_like_the_api_and_hpatk_predict(live_server, data, browser
     page.wait_for_selector("#result-card[data-state='error']", timeout=60_000)
     status = page.inner_text("#status")
     assert "422" in status and "(red)" in status and "truncated" in status
+
+    # dropping the four files (in another order) assigns them by name and predicts again
+    import base64
+
+    dropped = [[p.name, base64.b64encode(p.read_bytes()).decode()]
+               for p in reversed(list(paths.values()))]
+    transfer = page.evaluate_handle("""files => {
+        const dt = new DataTransfer();
+        for (const [name, b64] of files) {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            dt.items.add(new File([bytes], name, {type: 'image/png'}));
+        }
+        return dt; }""", dropped)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    for stain, path in paths.items():
+        assert page.eval_on_selector(f"#file-{stain}", "e => e.files[0].name") == path.name
+    page.click("#predict")
+    page.wait_for_selector("#result-card[data-state='done']", timeout=60_000)
+    shown = sorted(int(c) for c in page.eval_on_selector_all(
+        "#labels li", "els => els.map(e => e.dataset.class)"))
+    assert shown == predicted
     assert not errors, errors

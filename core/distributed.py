@@ -27,7 +27,7 @@ from hpatk.core.errors import HpatkError
 BACKENDS = ("auto", "nccl", "gloo")
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer than this stops the run
 LONG_WAIT_S = 24 * 3600.0  # rank 0 building the cache
-JOIN_WAIT_S = 30 * 24 * 3600.0  # ranks done with their share of an experiment's jobs
+JOIN_WAIT_S = 7 * 24 * 3600.0  # ranks done with their share of an experiment's jobs
 
 
 class StoppedByPeer(HpatkError):

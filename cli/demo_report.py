@@ -215,24 +215,19 @@ def _counts_section(facts: DemoFacts) -> list[Block]:
 
 
 def _gan_section(facts: DemoFacts) -> list[Block]:
-    """Real images beside GAN samples, from the sample grids the GAN step saved."""
+    """Real images beside GAN samples, from the grids ``hpatk train --aug gan`` saved."""
     out = facts.out
-    real = sorted(out.glob("**/samples_real.png"))
-    if not real:
+    grids = sorted(out.glob("**/synthetic/class_*.png"))
+    if not grids:
         return []
     b: list[Block] = [("h2", "4. GAN augmentation: real images and synthetic samples")]
-    for path in real:
-        folder = path.parent
-        fakes = sorted(folder.glob("samples_step*.png"),
-                       key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-        b.append(("p", f"`{_rel(folder, out)}`: real training images (left) and the "
-                       f"generator's samples after its last step (right)."))
-        b.append(("img", path, "real images"))
-        if fakes:
-            b.append(("img", fakes[-1], "GAN samples"))
-        if (folder / "losses.png").is_file():
-            b.append(("img", folder / "losses.png", "GAN losses"))
-    for name in ("gan_quality.md", "quality.md"):  # `hpatk gan evaluate`'s table, if any
+    b.append(("p", "`hpatk train --aug gan` fitted one DCGAN per class on exactly the fold's "
+                   "training images and added its samples to the training set. Each picture: "
+                   "real training images (top row) and that class's samples (below); "
+                   "`synthetic.csv` in the run folder lists the generators."))
+    for path in grids:
+        b.append(("img", path, f"{path.stem}: real and synthetic"))
+    for name in ("gan_quality.md", "quality.md", "evaluation.md"):  # hpatk gan evaluate
         for table in sorted(out.glob(f"**/{name}")):
             b.append(("code", table.read_text(encoding="utf-8").strip()))
     return b

@@ -29,6 +29,7 @@ BUILTIN_COMMANDS = {
     "predict": "hpatk.cli.export:predict",
     "serve": "hpatk.cli.serve:serve",
     "demo": "hpatk.cli.demo:demo",
+    "gan": "hpatk.cli.gan:gan",
 }
 
 

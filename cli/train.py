@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from hpatk.core.train_config import TrainConfig
 
 
-def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+def key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
     """``KEY=VALUE`` pairs (VALUE read as YAML: numbers, lists, true/false) -> dict."""
     if not values:
         return None
@@ -75,17 +75,27 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
               "given here override it.")
 @click.option("--backbone", help="Registered backbone (hpatk registry backbones). "
               "[default: inceptionv4]")
-@click.option("--backbone-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+@click.option("--backbone-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Extra backbone factory argument (repeatable).")
 @click.option("--head", type=click.Choice(["default", "paper"]),
               help="Classifier head: timm's, or the paper's. [default: default]")
 @click.option("--pretrained", help="ImageNet weights: a local file (or a hub name online).")
-@click.option("--aug", help="classic, gan (real + synthetic samples of this fold, classic on "
-              "top), none, or any registered batch augmentation. [default: classic]")
-@click.option("--aug-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
-              help="Augmentation parameter, e.g. hflip=0.5 (repeatable).")
+@click.option("--aug", help="A batch augmentation (classic), a synthesizer (gan, cdcgan: "
+              "generators fitted on this fold's training images add synthetic images; the "
+              "--batch-aug still applies), none, or any registered name. [default: classic]")
+@click.option("--aug-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
+              help="Parameter of --aug, e.g. hflip=0.5, or steps=2000 for a synthesizer "
+              "(repeatable).")
+@click.option("--batch-aug", help="With a synthesizer --aug: the batch augmentation applied "
+              "on top (none: off). [default: classic]")
+@click.option("--synthetic-per-class", type=int, help="With a synthesizer --aug: synthetic "
+              "images per class and fold (the paper: 1000). [default: 1000]")
+@click.option("--synthetic-source", type=click.Choice(["fit", "cache"]),
+              help="fit: fit (or reuse, by fingerprint) generators on the fold's training "
+              "images; cache: use the cache's existing samples where fold-safe. "
+              "[default: fit]")
 @click.option("--loss", help="Registered loss (focal, bce, ...). [default: focal, gamma 2]")
-@click.option("--loss-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+@click.option("--loss-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Loss parameter, e.g. gamma=2 (repeatable).")
 @click.option("--folds", type=int, help="Number of CV folds. [default: 5]")
 @click.option("--fold", callback=_fold, help="Fold to validate on (0..folds-1) or 'all' "
@@ -101,7 +111,7 @@ _FIELD = {"aug_param": "aug_params", "loss_param": "loss_params",
 @click.option("--in-stains", callback=_stains, help="Stains the model sees, e.g. "
               "green,red,blue. [default: the cache's]")
 @click.option("--enhance", help="Enhancer used when caching a dataset folder. [default: clahe]")
-@click.option("--enhance-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+@click.option("--enhance-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Enhancer parameter, e.g. clip_limit=2 (repeatable).")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Where to build the cache of a dataset folder.")

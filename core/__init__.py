@@ -3,7 +3,7 @@
 Importing this package is cheap (no torch): heavy modules are imported where used.
 """
 
-from hpatk.core.base import Enhancer
+from hpatk.core.base import Enhancer, Synthesizer
 from hpatk.core.errors import DataError, HpatkError, RegistryError
 from hpatk.core.hookspecs import hookimpl, hookspec
 from hpatk.core.registry import get_registry, reset_registry
@@ -14,6 +14,7 @@ __all__ = [
     "Enhancer",
     "HpatkError",
     "RegistryError",
+    "Synthesizer",
     "__version__",
     "get_registry",
     "hookimpl",

@@ -13,7 +13,9 @@ Format (``format_version`` 1), one HDF5 file::
     /inputs     str (L,)        the input listing the fingerprint covers (for "what changed")
     /synthetic/batch-000001/    one group per add_synthetic call
         images  uint8 (n, C, S, S)    labels uint8 (n, 28)
-        attrs   class_index, class_name, generator, fold (-1 = none), seed, n, created
+        train_ids  str (m,)   the Ids of the real images its generator learnt from
+        attrs   class_index, class_name, generator, fold (-1 = none), seed, n, created,
+                key (generator fingerprint), synthesizer (JSON), train_ids_sha256
     root attrs  format, format_version, fingerprint, config (JSON: enhance, size, stains,
                 format and preprocess versions), inputs (JSON summary), enhance (JSON),
                 size, stains (JSON), compression, hpatk_version, opencv_version, created
@@ -51,14 +53,9 @@ from hpatk.core.cache_file import (
     read_cache_meta,
 )
 
-# Imported under the names these functions had before the split (issue 10 edits
-# synthetic_info concurrently; its body stays as it was).
-from hpatk.core.cache_file import SYN as _SYN
-from hpatk.core.cache_file import open_h5 as _open_h5
-from hpatk.core.cache_file import strings as _strings
-from hpatk.core.cache_file import synthetic_batches as _batches
+from hpatk.core.cache_file import SYN, open_h5, strings, synthetic_batches
 from hpatk.core.cache_read import CacheDataset
-from hpatk.core.cache_synthetic import add_synthetic, remove_synthetic
+from hpatk.core.cache_synthetic import add_synthetic, ids_digest, remove_synthetic
 from hpatk.core.classes import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -68,31 +65,32 @@ __all__ = [
     "COMPRESSIONS", "FORMAT", "FORMAT_VERSION", "PREPROCESS_VERSION", "CacheDataset",
     "CacheIndex", "add_synthetic", "build_cache", "cache_ids", "cache_labels",
     "default_cache_path", "ensure_cache", "read_cache_index", "read_cache_meta",
-    "remove_synthetic", "synthetic_info",
+    "ids_digest", "remove_synthetic", "synthetic_info", "synthetic_train_ids",
 ]
 
 
 def cache_labels(path: str | os.PathLike[str]) -> np.ndarray:
     """Labels of the real images. Shape: (N, 28) uint8."""
-    with _open_h5(Path(path)) as f:
+    with open_h5(Path(path)) as f:
         return f["labels"][()]
 
 
 def cache_ids(path: str | os.PathLike[str]) -> list[str]:
     """Ids of the real images, in cache row order."""
-    with _open_h5(Path(path)) as f:
-        return _strings(f["ids"])
+    with open_h5(Path(path)) as f:
+        return strings(f["ids"])
 
 
 def synthetic_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Per synthetic row (the row order of ``CacheDataset(..., synthetic="only")``):
     ``class_index``, ``fold`` (-1 = trained on all data), ``seed`` as int arrays (S,);
-    ``generator`` and ``batch`` as lists; ``labels`` (S, 28) uint8."""
+    ``generator``, ``batch`` and ``key`` (the generator's fingerprint) as lists;
+    ``labels`` (S, 28) uint8."""
     import numpy as np
 
-    with _open_h5(Path(path)) as f:
-        batches = _batches(f)
-        labels = [f[_SYN][b["batch"]]["labels"][()] for b in batches]
+    with open_h5(Path(path)) as f:
+        batches = synthetic_batches(f)
+        labels = [f[SYN][b["batch"]]["labels"][()] for b in batches]
     rep = [b["n"] for b in batches]
     return {
         "class_index": np.repeat([b["class_index"] for b in batches], rep).astype(int),
@@ -101,6 +99,19 @@ def synthetic_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "seed": np.repeat([b["seed"] for b in batches], rep).astype(int),
         "generator": [b["generator"] for b in batches for _ in range(b["n"])],
         "batch": [b["batch"] for b in batches for _ in range(b["n"])],
+        "key": [b["key"] for b in batches for _ in range(b["n"])],
         "labels": (np.concatenate(labels) if labels
                    else np.zeros((0, NUM_CLASSES), np.uint8)),
     }
+
+
+def synthetic_train_ids(path: str | os.PathLike[str], batch: str) -> list[str] | None:
+    """The Ids of the real images a synthetic batch's generator learnt from (sorted), or
+    None when the batch does not record them (written by hpatk before 0.2)."""
+    from hpatk.core.errors import HpatkError
+
+    with open_h5(Path(path)) as f:
+        grp = f.get(f"{SYN}/{batch}")
+        if grp is None:
+            raise HpatkError(f"{path}: no synthetic batch '{batch}'")
+        return strings(grp["train_ids"]) if "train_ids" in grp else None

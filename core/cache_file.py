@@ -200,7 +200,10 @@ def synthetic_batches(f: h5py.File) -> list[dict[str, Any]]:
                     "class_index": int(a["class_index"]), "class_name": str(a["class_name"]),
                     "generator": str(a["generator"]), "fold": None if fold < 0 else fold,
                     "seed": int(a["seed"]), "created": str(a.get("created", "")),
-                    "hpatk_version": str(a.get("hpatk_version", ""))})
+                    "hpatk_version": str(a.get("hpatk_version", "")),
+                    "key": str(a.get("key", "")),
+                    "synthesizer": json.loads(str(a.get("synthesizer", "{}"))),
+                    "train_ids_sha256": str(a.get("train_ids_sha256", "")) or None})
     return out
 
 

@@ -5,19 +5,21 @@ lock, and only ever added or unlinked, never modified."""
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Imported under the names these functions had in cache.py (issue 10 edits add_synthetic
-# concurrently; its body stays as it was).
-from hpatk.core.cache_file import SYN as _SYN
-from hpatk.core.cache_file import compression_kwargs as _compression_kwargs
-from hpatk.core.cache_file import h5_reason as _h5_reason
-from hpatk.core.cache_file import read_cache_meta
-from hpatk.core.cache_file import writer_lock as _writer_lock
-from hpatk.core.cache_read import close_readers as _close_readers
+from hpatk.core.cache_file import (
+    SYN,
+    compression_kwargs,
+    h5_reason,
+    read_cache_meta,
+    writer_lock,
+)
+from hpatk.core.cache_read import close_readers
 from hpatk.core.classes import CLASS_NAMES, NUM_CLASSES
 from hpatk.core.errors import HpatkError
 
@@ -25,9 +27,16 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def ids_digest(ids: Iterable[str]) -> str:
+    """SHA-256 of a set of Ids (sorted, one per line): names a training-image set."""
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()
+
+
 def add_synthetic(path: str | os.PathLike[str], images: Any, class_index: int, *,
                   generator: str, fold: int | None, seed: int,
-                  labels: np.ndarray | None = None) -> str:
+                  labels: np.ndarray | None = None, key: str = "",
+                  synthesizer: Mapping[str, Any] | None = None,
+                  train_ids: Sequence[str] | None = None) -> str:
     """Append GAN samples of one class to the cache's synthetic group, atomically.
 
     The batch is written as an anonymous HDF5 group (unreachable, freed by HDF5 if this
@@ -46,6 +55,11 @@ def add_synthetic(path: str | os.PathLike[str], images: Any, class_index: int, *
         fold: the fold whose training rows trained the generator; None = all data.
         seed: the sampling seed.
         labels: multi-hot labels per image; default: ``class_index`` only.
+        key: the generator's fingerprint (what ``hpatk train --aug`` reuses samples by).
+        synthesizer: the generator's registered name and parameters.
+        train_ids: the Ids of the real images the generator learnt from: stored with
+            the batch, so fold safety is checked by content (a fold may use the batch
+            only if these are all among its training images), not by a fold number.
 
     Returns:
         The batch name.
@@ -75,21 +89,28 @@ def add_synthetic(path: str | os.PathLike[str], images: Any, class_index: int, *
     labels = np.asarray(labels, dtype=np.uint8)
     if labels.shape != (n, NUM_CLASSES):
         raise HpatkError(f"synthetic labels must be ({n}, {NUM_CLASSES}), got {labels.shape}")
-    _close_readers(path)
-    with _writer_lock(path):
+    close_readers(path)
+    with writer_lock(path):
         try:
             f = h5py.File(path, "r+", locking=False)
         except OSError as exc:
-            raise HpatkError(f"{path}: cannot open for writing ({_h5_reason(exc)})") from None
+            raise HpatkError(f"{path}: cannot open for writing ({h5_reason(exc)})") from None
         try:
-            root = f.require_group(_SYN)
+            root = f.require_group(SYN)
             existing = [int(k.split("-")[1]) for k in root if k.startswith("batch-")]
             name = f"batch-{max(existing, default=0) + 1:06d}"
             grp = h5py.Group(h5py.h5g.create(f.id, None))  # anonymous until linked
             grp.create_dataset("images", data=images, chunks=(1, *want),
-                               **_compression_kwargs(meta["compression"]))
+                               **compression_kwargs(meta["compression"]))
             grp.create_dataset("labels", data=labels)
+            if train_ids is not None:
+                ids = sorted(str(i) for i in train_ids)
+                grp.create_dataset("train_ids", data=np.array(ids, dtype=object),
+                                   dtype=h5py.string_dtype())
+                grp.attrs["train_ids_sha256"] = ids_digest(ids)
             grp.attrs.update({
+                "key": str(key),
+                "synthesizer": json.dumps(dict(synthesizer or {}), sort_keys=True, default=str),
                 "class_index": int(class_index), "class_name": CLASS_NAMES[int(class_index)],
                 "generator": str(generator), "fold": -1 if fold is None else int(fold),
                 "seed": int(seed), "n": n, "hpatk_version": __version__,
@@ -110,9 +131,9 @@ def remove_synthetic(path: str | os.PathLike[str], batches: Iterable[str] | None
 
     path = Path(path)
     read_cache_meta(path)
-    _close_readers(path)
-    with _writer_lock(path), h5py.File(path, "r+", locking=False) as f:
-        root = f.require_group(_SYN)
+    close_readers(path)
+    with writer_lock(path), h5py.File(path, "r+", locking=False) as f:
+        root = f.require_group(SYN)
         names = sorted(root) if batches is None else list(batches)
         for name in names:
             if name not in root:

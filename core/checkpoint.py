@@ -1,7 +1,8 @@
 """Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with
 ``torch.load(weights_only=True)`` (a pickle with code in it is refused, never run).
 
-Every checkpoint has ``kind`` ("classifier" or "generator") and ``format`` (int).
+Every checkpoint has ``kind`` ("classifier", "generator" or "state": a plugin's
+resumable training state, not a model) and ``format`` (int).
 A classifier checkpoint::
 
     {"kind": "classifier", "format": 1, "hpatk_version": str,
@@ -11,11 +12,15 @@ A classifier checkpoint::
      "normalize": {"mean": [float], "std": [float]}, "thresholds": [float] | None,
      "epoch": int, "metrics": {str: float}, ... training state for resume}
 
-A generator checkpoint::
+A generator checkpoint (:mod:`hpatk.core.synthetic`: any registered synthesizer)::
 
-    {"kind": "generator", "format": 1, "hpatk_version": str,
-     "model": {"latent_dim": int, "channels": int, "image_size": int, "width": int},
-     "state_dict": {...}, "class_index": int, "stains": [str], "enhance": {...}, ...}
+    {"kind": "generator", "format": 2, "hpatk_version": str,
+     "synthesizer": str (registered name), "params": {factory keyword arguments},
+     "state_dict": {...} (its ``state_dict()``), "per_class": bool,
+     "classes": [int], "class_names": [str], "stains": [str], "enhance": {...},
+     "image_size": int, "latent_dim": int, "train_ids": [str] (the images it learnt),
+     "train_ids_sha256": str, "train_labels": uint8 (N, K), "fold": int | None,
+     "key": str (reuse fingerprint), "cache_fingerprint": str, "seed": int, "summary"}
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_path
 
-CHECKPOINT_KINDS = ("classifier", "generator")
+CHECKPOINT_KINDS = ("classifier", "generator", "state")
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -132,14 +132,24 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
 
 
 def build_augment(cfg: TrainConfig) -> nn.Module | None:
-    """The classic augmentation module (``--aug gan`` adds GAN samples *and* uses the
-    classic augmentation on every batch), or None for ``--aug none``."""
-    if cfg.aug == "none":
+    """The batch augmentation module: ``--aug`` when it names one, ``--batch-aug`` when
+    ``--aug`` names a synthesizer (its images join the training set; the batches are
+    still augmented), None for ``none``."""
+    from hpatk.core.synthetic import resolve_aug
+
+    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+    if choice.batch is None:
         return None
-    name = "classic" if cfg.aug == "gan" else cfg.aug
-    aug = get_registry().augmentations.create(name, **cfg.aug_params)
+    try:
+        aug = get_registry().augmentations.create(choice.batch, **choice.batch_params)
+    except HpatkError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise HpatkError(f"--aug {choice.batch} ({', '.join(choice.batch_params) or 'no '}"
+                         f"parameters): {type(exc).__name__}: {first}") from None
     if not isinstance(aug, nn.Module):
-        raise HpatkError(f"--aug {cfg.aug}: '{name}' is not a batch augmentation (nn.Module)")
+        raise HpatkError(f"--aug {choice.batch}: not a batch augmentation (nn.Module)")
     return aug
 
 
@@ -203,8 +213,12 @@ def _prepare(cfg: TrainConfig, resume: bool,
     reg = get_registry()  # unknown names fail before anything is written
     reg.backbones.get(cfg.backbone)
     reg.losses.get(cfg.loss)
-    if cfg.aug not in ("none", "gan"):
-        reg.augmentations.get(cfg.aug)
+    from hpatk.core.synthetic import build_synthesizer, resolve_aug
+
+    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+    build_augment(cfg)  # bad parameters fail before anything is written
+    if choice.synth is not None:
+        build_synthesizer(choice.synth, choice.synth_params)
     out.mkdir(parents=True, exist_ok=True)
     folds_csv = out / "folds.csv"
     plan = plan_data(cfg, folds_csv if (resume or not ddp.is_main()) and folds_csv.exists()
@@ -246,6 +260,7 @@ class _Fold:
         self.device = ddp.rank_device(resolve_device(cfg.device))
         self.amp_dtype, self.scaler = amp_setup(self.device, cfg.amp)
         self.classes = list(plan.classes)
+        self.n_synthetic = 0
         self.class_names = [CLASS_NAMES[c] for c in self.classes]
 
     def checkpoint(self, model: nn.Module, epoch: int, metrics: dict[str, float],
@@ -261,12 +276,20 @@ class _Fold:
 
 def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
                 resume: bool) -> FoldResult:
+    from hpatk.core.synthetic import resolve_aug, synthesize_fold
     from hpatk.core.train_data import fold_datasets
 
     st = _Fold(cfg, plan, fold, run_dir)
     device = st.device
+    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+    syn_rows = None
+    if choice.synth is not None:  # before seeding: fitting generators draws random numbers
+        syn_rows = synthesize_fold(plan, fold, run_dir, choice,
+                                   per_class_n=cfg.synthetic_per_class, seed=cfg.seed,
+                                   source=cfg.synthetic_source).rows
     seed_everything(cfg.seed)
-    train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic=cfg.aug == "gan")
+    train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic_rows=syn_rows)
+    st.n_synthetic = n_syn
     last = load_checkpoint(run_dir / "last.pt") if resume else None
     in_chans = len(plan.stains)
     model, st.spec = build_model(cfg, len(st.classes), in_chans,
@@ -434,11 +457,13 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     save_checkpoint(ckpt, best_path)
     settings = {"backbone": cfg.backbone, "head": cfg.head, "classes": cfg.classes,
                 "size": st.plan.size, "stains": ",".join(st.plan.stains),
-                "enhance": st.plan.enhance.get("name"), "aug": cfg.aug, "loss": cfg.loss,
+                "enhance": st.plan.enhance.get("name"), "aug": _aug_text(cfg),
+                "loss": cfg.loss,
                 "fold": f"{st.fold} of {cfg.folds}", "epochs": f"{len(rows)} of {cfg.epochs}",
                 "lr": cfg.lr, "batch": f"{cfg.batch_size} (x2 every {cfg.batch_double_every}, "
                 f"max {cfg.max_batch_size})", "device": str(st.device),
-                "train / val images": f"{len(st.plan.split(st.fold)[0])} / {len(val_ds)}"}
+                "train / val images": f"{len(st.plan.split(st.fold)[0])}"
+                f"{f' + {st.n_synthetic} synthetic' if st.n_synthetic else ''} / {len(val_ds)}"}
     best_tuned = {**{f"{k}.pt": v for k, v in best.items()},
                   "best_macro_f1.pt, tuned thresholds": {
         "epoch": int(ckpt["epoch"]), "val_macro_f1": tuned["macro_f1"],
@@ -449,6 +474,16 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                  f1_tuned=list(f1_t), thresholds=thr.tolist(),
                  support=y.sum(0).astype(int).tolist())
     return result
+
+
+def _aug_text(cfg: TrainConfig) -> str:
+    from hpatk.core.synthetic import resolve_aug
+
+    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+    if choice.synth is None:
+        return str(choice.batch or "none")
+    return (f"{choice.synth} ({cfg.synthetic_per_class} per class, synthetic.csv) + "
+            f"{choice.batch or 'no'} batch augmentation")
 
 
 def write_fold_summary(out: Path, results: list[FoldResult]) -> None:

@@ -102,3 +102,38 @@ def read_folds(path: str | os.PathLike[str]) -> dict[str, int]:
     if not out:
         raise DataError(f"{path}: has a header but no rows")
     return out
+
+
+def assign_folds(labels: np.ndarray, ids: Sequence[str], classes: Sequence[int], *, k: int,
+                 seed: int, folds_file: str | os.PathLike[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a run over ``classes`` uses and the fold of each: the one place folds are
+    decided (``hpatk train``, ``hpatk gan train --fold``, experiments).
+
+    Rows are those carrying at least one of ``classes``; folds are multilabel-stratified
+    over those columns (:func:`make_folds` with ``k`` and ``seed``), or read from
+    ``folds_file`` (``Id,fold``).
+
+    Returns:
+        (rows, folds): cache row indices (M,) and their folds (M,), int64.
+
+    Shape:
+        labels (N, 28), ids (N,)
+    """
+    y = np.asarray(labels)
+    cols = list(classes)
+    rows = np.flatnonzero(y[:, cols].any(axis=1))
+    if len(rows) < k * 2:
+        raise DataError(f"only {len(rows)} images carry one of the {len(cols)} selected "
+                        f"classes; too few for {k} folds")
+    if folds_file:
+        table = read_folds(folds_file)
+        missing = [ids[i] for i in rows if ids[i] not in table]
+        if missing:
+            raise DataError(f"folds file '{folds_file}' has no row for Id '{missing[0]}' "
+                            f"({len(missing)} missing)")
+        folds = np.array([table[ids[i]] for i in rows], dtype=np.int64)
+        if folds.max() >= k:
+            raise DataError(f"folds file '{folds_file}' has folds outside 0..{k - 1}")
+        return rows, folds
+    return rows, make_folds(y[rows][:, cols], k=k, seed=seed)

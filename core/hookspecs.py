@@ -44,8 +44,20 @@ def hpatk_register_enhancers(register: Register) -> None:
 def hpatk_register_augmentations(register: Register) -> None:
     """Register augmentations.
 
-    ``factory(**params)`` returns a classic augmentation (an ``nn.Module`` mapping a
-    float batch (B, C, H, W) to an augmented batch of the same shape) or a GAN augmenter.
+    ``factory(**params) -> nn.Module`` mapping a float batch (B, C, H, W) in [0, 1] to
+    an augmented batch of the same shape, applied on the training device every batch.
+    """
+
+
+@hookspec
+def hpatk_register_synthesizers(register: Register) -> None:
+    """Register synthesizers (generative augmentation: GANs, diffusion models, ...).
+
+    ``factory(**params) -> Synthesizer`` (see :class:`hpatk.core.Synthesizer`):
+    ``fit(images uint8 (N, C, S, S), labels uint8 (N, K), *, classes, out_dir, seed,
+    progress, resume)``, ``sample(n, labels=None, *, seed) -> uint8 (n, C, S, S)``,
+    ``state_dict()`` / ``load_state_dict()``, ``export_module()``. ``hpatk train --aug
+    NAME`` fits one per class (or one conditional model) on the fold's training images.
     """
 
 

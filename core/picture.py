@@ -3,7 +3,9 @@ draws (the enhancement report, GAN sample grids, the synthetic-data preview)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,3 +44,38 @@ def composite(images: Any, stains: Sequence[str]) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.clip(rgb, 0, 255).astype(np.uint8)
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def save_grid(images: Any, stains: Sequence[str], path: str | os.PathLike[str],
+              title: str = "", cols: int | None = None) -> Path:
+    """A grid of stain composites as a PNG (matplotlib, Agg), written atomically.
+
+    Shape: images (B, C, H, W) uint8 or float in [0, 1] (numpy or tensor).
+    """
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from hpatk.core.io import atomic_path
+
+    if len(stains) != images.shape[1]:  # unknown channels: gray
+        stains = [f"c{i}" for i in range(images.shape[1])]
+    rgb = composite(images, stains)
+    n = len(rgb)
+    cols = cols or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(rgb[k], interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

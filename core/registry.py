@@ -24,10 +24,10 @@ import pluggy
 from hpatk.core import hookspecs
 from hpatk.core.errors import RegistryError
 
-KINDS = ("enhancers", "augmentations", "backbones", "losses")
+KINDS = ("enhancers", "augmentations", "backbones", "losses", "synthesizers")
 ENTRY_POINT_GROUP = "hpatk"
 _SINGULAR = {"enhancers": "enhancer", "augmentations": "augmentation",
-             "backbones": "backbone", "losses": "loss"}
+             "backbones": "backbone", "losses": "loss", "synthesizers": "synthesizer"}
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,10 @@ class Registry:
     def losses(self) -> Catalog:
         return self.catalog("losses")
 
+    @property
+    def synthesizers(self) -> Catalog:
+        return self.catalog("synthesizers")
+
     def catalog(self, kind: str) -> Catalog:
         """The catalogue of ``kind`` (one of :data:`KINDS`)."""
         if kind not in KINDS:
@@ -229,6 +233,13 @@ class Registry:
                     continue
                 for entry in stage.entries:
                     catalogs[kind]._add(entry)
+        # `--aug NAME` looks in both: a name must say which kind it is
+        aug, syn = catalogs["augmentations"], catalogs["synthesizers"]
+        for key in sorted({*aug._entries, *aug._aliases} & {*syn._entries, *syn._aliases}):
+            a, b = aug._owner(key), syn._owner(key)
+            raise RegistryError(f"'{key}' is registered as an augmentation (plugin "
+                                f"'{a.plugin if a else '?'}') and as a synthesizer (plugin "
+                                f"'{b.plugin if b else '?'}'); --aug needs one meaning")
         return catalogs
 
     def _mark_broken(self, name: str, exc: BaseException) -> None:

@@ -32,8 +32,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from hpatk.core.classes import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_IMAGES, STAINS
-from hpatk.core.classes import class_subset as _class_subset
+from hpatk.core.classes import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_IMAGES, STAINS, parse_classes
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import current_umask
 from hpatk.core.picture import composite
@@ -79,7 +78,7 @@ def sample_labels(n: int, seed: int = 0, classes: str | Sequence[int] = "all",
     Returns:
         one sorted tuple of class indices per image, each non-empty.
     """
-    cls = _class_subset(classes) if isinstance(classes, str) else tuple(classes)
+    cls = parse_classes(classes) if isinstance(classes, str) else tuple(classes)
     p, s = _label_model(tuple(cls))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
     hits = rng.random((n, len(cls))) < s * p

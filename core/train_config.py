@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatk.core.classes import NUM_CLASSES, TOP5
+from hpatk.core.classes import parse_classes
 from hpatk.core.errors import HpatkError
 
 # Settings that may change when a run is resumed: they do not alter what is computed.
@@ -37,6 +37,9 @@ class TrainConfig:
     pretrained: str | None = None
     aug: str = "classic"
     aug_params: dict[str, Any] = field(default_factory=dict)
+    batch_aug: str = "classic"
+    synthetic_per_class: int = 1000
+    synthetic_source: str = "fit"
     loss: str = "focal"
     loss_params: dict[str, Any] = field(default_factory=lambda: {"gamma": 2.0})
     folds: int = 5
@@ -143,31 +146,16 @@ class TrainConfig:
             raise bad("device", f"must be auto, cpu or cuda, not '{self.device}'")
         if self.head not in ("default", "paper"):
             raise bad("head", f"must be 'default' or 'paper', not '{self.head}'")
+        if int(self.synthetic_per_class) < 1:
+            raise bad("synthetic_per_class", f"must be positive, not {self.synthetic_per_class}")
+        if self.synthetic_source not in ("fit", "cache"):
+            raise bad("synthetic_source", f"must be 'fit' or 'cache', not "
+                      f"'{self.synthetic_source}'")
         if self.workers is not None and int(self.workers) < 0:
             raise bad("workers", f"must be >= 0, not {self.workers}")
         if self.real_per_class is not None and int(self.real_per_class) < 1:
             raise bad("real_per_class", f"must be positive, not {self.real_per_class}")
         parse_classes(self.classes)
-
-
-def parse_classes(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """``all`` -> 0..27, ``top5`` -> the paper's five, ``"0,25,2"`` -> those indices."""
-    if isinstance(spec, (list, tuple)):
-        items = [str(s) for s in spec]
-    elif spec == "all":
-        return tuple(range(NUM_CLASSES))
-    elif spec == "top5":
-        return TOP5
-    else:
-        items = [s.strip() for s in str(spec).split(",") if s.strip()]
-    try:
-        idx = tuple(int(s) for s in items)
-    except ValueError:
-        raise HpatkError(f"--classes must be 'all', 'top5' or class indices like '0,25,2', "
-                         f"not '{spec}'") from None
-    if not idx or len(set(idx)) != len(idx) or not all(0 <= i < NUM_CLASSES for i in idx):
-        raise HpatkError(f"--classes: '{spec}' must list distinct indices in 0..{NUM_CLASSES - 1}")
-    return idx
 
 
 def read_config(path: str | os.PathLike[str]) -> TrainConfig:

@@ -1,5 +1,6 @@
 """What a training run reads: the cache (built or reused), the class subset, the folds,
-and the datasets of one fold (real, plus GAN samples of that fold with ``--aug gan``)."""
+and the datasets of one fold (real, plus fold-safe synthetic samples with a synthesizer
+``--aug``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hpatk.core.classes import STAINS
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import DataError, HpatkError
 from hpatk.core.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -123,21 +124,16 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
 def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None) -> DataPlan:
     """Open the cache and assign folds (multilabel-stratified on the used classes,
     deterministic for ``cfg.seed``), or read them from ``folds_csv``."""
+    from hpatk.core.folds import assign_folds
+
     index = open_cache(cfg)
     path, meta, labels, ids = index.path, index.meta, index.labels, index.ids
     classes = cfg.class_indices()
-    rows = np.flatnonzero(labels[:, list(classes)].any(axis=1))
-    if len(rows) < cfg.folds * 2:
-        raise HpatkError(f"--data '{cfg.data}': only {len(rows)} images carry one of the "
-                         f"{len(classes)} selected classes; too few for {cfg.folds} folds")
-    source = folds_csv or cfg.folds_file
-    if source:
-        folds = _folds_from_file(source, [ids[i] for i in rows], cfg.folds)
-    else:
-        from hpatk.core.folds import make_folds
-
-        folds = np.asarray(make_folds(labels[rows][:, list(classes)], k=cfg.folds,
-                                      seed=cfg.seed)).astype(int)
+    try:
+        rows, folds = assign_folds(labels, ids, classes, k=cfg.folds, seed=cfg.seed,
+                                   folds_file=folds_csv or cfg.folds_file)
+    except DataError as exc:
+        raise HpatkError(f"--data '{cfg.data}': {exc}") from None
     cache_stains = [str(s) for s in meta.get("stains", STAINS)]
     stains = list(cfg.in_stains) if cfg.in_stains else list(cache_stains)
     missing = [s for s in stains if s not in cache_stains]
@@ -150,28 +146,6 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
                     index=index, real_per_class=cfg.real_per_class, seed=cfg.seed)
 
 
-def _folds_from_file(path: str | os.PathLike[str], ids: list[str], k: int) -> np.ndarray:
-    from hpatk.core.folds import read_folds
-
-    table = _as_fold_map(read_folds(path))
-    missing = [i for i in ids if i not in table]
-    if missing:
-        raise HpatkError(f"folds file '{path}' has no row for Id '{missing[0]}' "
-                         f"({len(missing)} missing)")
-    folds = np.array([table[i] for i in ids], dtype=int)
-    if folds.min() < 0 or folds.max() >= k:
-        raise HpatkError(f"folds file '{path}' has folds outside 0..{k - 1}")
-    return folds
-
-
-def _as_fold_map(obj: Any) -> dict[str, int]:
-    """``read_folds`` may return a dict Id -> fold or (ids, folds); accept both."""
-    if isinstance(obj, dict):
-        return {str(k): int(v) for k, v in obj.items()}
-    ids, folds = obj
-    return {str(i): int(f) for i, f in zip(ids, folds, strict=True)}
-
-
 def write_run_folds(plan: DataPlan, path: str | os.PathLike[str]) -> None:
     """``folds.csv`` (Id,fold) of the rows this run uses."""
     from hpatk.core.folds import write_folds
@@ -179,13 +153,11 @@ def write_run_folds(plan: DataPlan, path: str | os.PathLike[str]) -> None:
     write_folds(path, [plan.ids[i] for i in plan.rows], plan.folds.tolist())
 
 
-def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tuple[Any, Any, int]:
-    """Training and validation datasets of ``fold``.
-
-    With ``synthetic``, the training set adds the cache's GAN samples whose generator was
-    trained on this fold's training part (provenance fold == ``fold``). Samples of a
-    generator trained on all images (fold None) or on another fold have seen this fold's
-    validation images, so they are never used.
+def fold_datasets(plan: DataPlan, fold: int, *,
+                  synthetic_rows: np.ndarray | None = None) -> tuple[Any, Any, int]:
+    """Training and validation datasets of ``fold``; the training set adds the cache's
+    synthetic rows ``synthetic_rows`` (numbered as in ``synthetic_info``; chosen
+    fold-safely by :func:`hpatk.core.synthetic.synthesize_fold`).
 
     Returns:
         (train dataset, validation dataset, number of synthetic samples added).
@@ -197,28 +169,7 @@ def fold_datasets(plan: DataPlan, fold: int, *, synthetic: bool = False) -> tupl
     classes = list(plan.classes)
     train = CacheDataset(plan.path, indices=train_rows, classes=classes, index=plan.index)
     val = CacheDataset(plan.path, indices=val_rows, classes=classes, index=plan.index)
-    if not synthetic:
+    if synthetic_rows is None or len(synthetic_rows) == 0:
         return train, val, 0
-    syn_rows = synthetic_rows(plan, fold)
-    if len(syn_rows) == 0:
-        raise HpatkError(f"--aug gan: cache '{plan.path}' has no synthetic samples of "
-                         f"classes {classes} from generators trained on fold {fold}'s training "
-                         f"images; run hpatk gan train --fold {fold} and hpatk gan sample "
-                         f"first (samples of generators without --fold saw the validation "
-                         f"images)")
-    syn = CacheDataset(plan.path, indices=syn_rows, synthetic="only", classes=classes)
-    return ConcatDataset([train, syn]), val, len(syn_rows)
-
-
-def synthetic_rows(plan: DataPlan, fold: int) -> np.ndarray:
-    """Rows of the synthetic group usable for training ``fold`` (see :func:`fold_datasets`)."""
-    from hpatk.core.cache import synthetic_info
-
-    info = synthetic_info(plan.path)
-    n = len(info.get("class_index", []))
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    cls = np.asarray(info["class_index"], dtype=int)
-    prov = np.asarray(info["fold"], dtype=int)  # -1 = None
-    ok = (prov == fold) & np.isin(cls, plan.classes)
-    return np.flatnonzero(ok)
+    syn = CacheDataset(plan.path, indices=synthetic_rows, synthetic="only", classes=classes)
+    return ConcatDataset([train, syn]), val, len(synthetic_rows)

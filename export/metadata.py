@@ -11,8 +11,11 @@ into the graph), ``output`` ("logits" or "probabilities"), ``input_name``,
 ``output_name``, ``backbone``, ``trained_size``, ``hpatk_version``,
 ``source_checkpoint``, ``source_sha256``, ``exporter``, ``opset``; int8 models also
 ``quantization`` (method, calibration, agreement with the float model).
-Generator keys: ``kind`` ("generator"), ``class_index``, ``class_name``, ``stains``,
-``image_size``, ``latent_dim``, ``enhance``, ``output_range`` and the provenance keys.
+Generator keys: ``kind`` ("generator"), ``synthesizer`` (its registered name),
+``classes``, ``class_names``, ``class_index``/``class_name`` (a per-class generator's class;
+null for a conditional one), ``stains``, ``image_size``, ``latent_dim``, ``label_dim`` (0,
+or K for a conditional generator whose input is noise then labels), ``input``
+(the input in words), ``enhance``, ``output_range`` and the provenance keys.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ METADATA_FORMAT = 1
 # Keys stored as plain strings; every other key is JSON.
 STRING_KEYS = frozenset({
     "kind", "output", "input_name", "output_name", "backbone", "hpatk_version",
-    "source_checkpoint", "source_sha256", "exporter", "class_name", "output_range",
+    "source_checkpoint", "source_sha256", "exporter", "output_range", "synthesizer",
+    "input",
 })
 REQUIRED = {
     "classifier": ("classes", "class_names", "thresholds", "stains", "input_size", "enhance",
                    "normalize", "output", "input_name", "output_name"),
-    "generator": ("class_index", "stains", "image_size", "latent_dim", "input_name",
-                  "output_name"),
+    "generator": ("synthesizer", "classes", "stains", "image_size", "latent_dim", "label_dim",
+                  "input_name", "output_name"),
 }
 
 

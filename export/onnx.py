@@ -537,68 +537,59 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
 # -- generator --------------------------------------------------------------------------
 
 
-def _build_generator(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """The DCGAN generator, reached through the registry (export never imports plugins)."""
-    from hpatk.core import get_registry
+@register_exporter("generator")
+def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
+    """Generator: noise float (B, latent_dim) [then labels (B, K) for a conditional one,
+    concatenated: (B, latent_dim + K)] -> images float (B, C, S, S) in [0, 1].
 
-    try:  # the checkpoint's ``model`` dict is the factory's keyword arguments
-        generator = get_registry().augmentations.create("dcgan", **ckpt["model"]).generator
-        generator.load_state_dict(ckpt["state_dict"])
+    The synthesizer is rebuilt through the registry from the checkpoint's name and
+    parameters (export never imports a plugin)."""
+    from hpatk.core.synthetic import GENERATOR_FORMAT, build_synthesizer
+
+    if int(ckpt.get("format", 0)) != GENERATOR_FORMAT or "synthesizer" not in ckpt:
+        raise HpatkError(f"generator checkpoint has format {ckpt.get('format')}; this hpatk "
+                         f"exports format {GENERATOR_FORMAT} (retrain with hpatk gan train)")
+    if options.output != "probabilities":
+        raise HpatkError("--logits applies to classifiers only")
+    name = str(ckpt["synthesizer"])
+    synth = build_synthesizer(name, dict(ckpt.get("params") or {}))
+    try:
+        synth.load_state_dict(ckpt["state_dict"])
+        module = synth.export_module().cpu().eval()
     except HpatkError:
         raise
     except Exception as exc:
-        raise HpatkError(f"cannot rebuild the generator from the checkpoint: "
+        raise HpatkError(f"cannot rebuild synthesizer '{name}' from the checkpoint: "
                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
-    return generator.eval()
-
-
-def _generator_graph(generator: torch.nn.Module) -> torch.nn.Module:
-    import torch
-
-    class GeneratorGraph(torch.nn.Module):
-        """noise (B, latent) ~ N(0, 1) -> images (B, C, S, S) in [0, 1]."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.generator = generator
-
-        def forward(self, noise: torch.Tensor) -> torch.Tensor:
-            # [0, 1] like the cache and the classifier input, not tanh's [-1, 1].
-            return ((self.generator(noise) + 1) * 0.5).clamp(0, 1)
-
-    return GeneratorGraph().eval()
-
-
-@register_exporter("generator")
-def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
-    """Generator: noise float (B, latent_dim) -> images float (B, C, S, S) in [0, 1]."""
-    from hpatk.core.classes import CLASS_NAMES
-
-    model_cfg = _require(ckpt, "model", dict)
-    missing = [k for k in ("latent_dim", "channels", "image_size", "width")
-               if k not in model_cfg]
-    if missing:
-        raise HpatkError(f"generator checkpoint: 'model' lacks {', '.join(missing)}")
-    size, latent = int(model_cfg["image_size"]), int(model_cfg["latent_dim"])
+    size = synth.image_size
     if options.size not in (None, size):
         raise HpatkError(f"--size: a generator's size is fixed by its checkpoint ({size} px)")
-    if options.output != "probabilities":
-        raise HpatkError("--logits applies to classifiers only")
-    class_index = int(ckpt.get("class_index", -1))
+    classes = [int(c) for c in ckpt.get("classes") or []]
+    latent = synth.latent_dim
+    labels = 0 if synth.per_class else len(classes)
     stains = [str(s) for s in ckpt.get("stains") or ()]
+    names = [str(n) for n in ckpt.get("class_names") or ()]
     meta = {
-        "class_index": class_index,
-        "class_name": CLASS_NAMES[class_index] if 0 <= class_index < len(CLASS_NAMES) else "",
-        "stains": stains, "image_size": size, "latent_dim": latent,
-        "channels": int(model_cfg["channels"]), "enhance": ckpt.get("enhance"),
-        "output_range": "[0, 1]",
+        "synthesizer": name, "classes": classes, "class_names": names,
+        "class_index": classes[0] if labels == 0 and len(classes) == 1 else None,
+        "class_name": names[0] if labels == 0 and len(names) == 1 else None,
+        "stains": stains, "image_size": size, "latent_dim": latent, "label_dim": labels,
+        "channels": len(stains), "enhance": ckpt.get("enhance"), "output_range": "[0, 1]",
+        "input": (f"noise (B, {latent}) ~ N(0, 1)" if not labels else
+                  f"noise (B, {latent}) ~ N(0, 1) then labels (B, {labels}) in {{0, 1}}, "
+                  f"concatenated: (B, {latent + labels})"),
     }
-    return ExportSpec(
-        module=_generator_graph(_build_generator(ckpt)), input_name="noise",
-        output_name="images",
-        make_inputs=lambda n, seed: np.random.default_rng(seed).standard_normal(
-            (n, latent)).astype(np.float32),
-        metadata=meta,
-        summary=f"DCGAN generator for class {class_index} {meta['class_name']!r}, noise "
-                f"{latent} -> {model_cfg['channels']} x {size} px")
 
+    def inputs(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((n, latent)).astype(np.float32)
+        y = (rng.random((n, labels)) < 0.5).astype(np.float32)
+        return np.concatenate([z, y], axis=1)
+
+    what = (f"class {classes[0]} {meta['class_names'][0]!r}" if labels == 0 and classes
+            else f"classes {classes}")
+    return ExportSpec(
+        module=module, input_name="noise", output_name="images", make_inputs=inputs,
+        metadata=meta,
+        summary=f"{name} generator for {what}, noise {latent}"
+                f"{f' + labels {labels}' if labels else ''} -> {len(stains)} x {size} px")

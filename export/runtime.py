@@ -511,16 +511,25 @@ class OnnxClassifier(OnnxModel):
 
 
 class OnnxGenerator(OnnxModel):
-    """Sample an exported DCGAN generator: noise (B, latent) -> images (B, C, S, S) in [0, 1]."""
+    """Sample an exported generator: noise (B, latent) [then labels (B, K) for a
+    conditional one, concatenated] -> images (B, C, S, S) in [0, 1]."""
 
     kind = "generator"
 
     def _expected_io(self) -> tuple[list[int | None], list[int | None]]:
         meta = self.metadata
         c = int(meta.get("channels", len(meta["stains"])))
-        return ([None, meta["latent_dim"]], [None, c, meta["image_size"], meta["image_size"]])
+        width = int(meta["latent_dim"]) + int(meta.get("label_dim") or 0)
+        return ([None, width], [None, c, meta["image_size"], meta["image_size"]])
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` images, float32 (n, C, S, S) in [0, 1]."""
+    def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
+        """``n`` images, float32 (n, C, S, S) in [0, 1]; a conditional generator needs
+        ``labels`` (n, K) over its ``classes`` (metadata)."""
+        k = int(self.metadata.get("label_dim") or 0)
         z = np.random.default_rng(seed).standard_normal((n, int(self.metadata["latent_dim"])))
+        if k:
+            if labels is None or np.shape(labels) != (n, k):
+                raise HpatkError(f"this generator is conditional: sample({n}) needs labels of "
+                                 f"shape ({n}, {k}) over classes {self.metadata['classes']}")
+            z = np.concatenate([z, np.asarray(labels, np.float64)], axis=1)
         return self.run(z.astype(np.float32))

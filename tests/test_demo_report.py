@@ -30,9 +30,8 @@ def demo_folder(tmp_path, synth_cache_with_synthetic):
     (out / "enhance" / "metrics.csv").write_text(
         "method,n,mse_mean,mse_sd,psnr_mean,psnr_sd,ssim_mean,ssim_sd,config\n"
         "clahe,16,1294.4,249.9,17.09,0.90,0.501,0.023,name=clahe\n")
-    _png(out / "gans" / "class_00" / "samples_real.png", 30)
-    _png(out / "gans" / "class_00" / "samples_step2.png", 40)
-    _png(out / "gans" / "class_00" / "samples_step10.png", 50)
+    _png(out / "run" / "synthetic" / "class_00.png", 30)
+    _png(out / "run" / "synthetic" / "class_25.png", 40)
     _png(out / "run" / "curves.png", 60)
     _png(out / "run" / "per_class_f1.png", 70)
     steps = [
@@ -71,9 +70,8 @@ def test_report_tells_the_story_in_order(demo_folder):
     assert "| 25 | 0.610 | 0.700 |" in md
     assert "| 2 | `hpatk train --data c.h5 --aug gan` | 40.0 |" in md
     assert "| clahe | 16 | 1294.4 ± 249.9 | 17.09 ± 0.90 | 0.501 ± 0.023 |" in md
-    # the GAN's last grid (step 10, not step 2) beside the real images
-    assert "gans/class_00/samples_real.png" in md and "samples_step10.png" in md
-    assert "samples_step2.png" not in md
+    # each class's real-vs-synthetic grid that hpatk train --aug gan saved
+    assert "run/synthetic/class_00.png" in md and "run/synthetic/class_25.png" in md
     assert "took 46 s" in md
     # training: the epoch summaries and the result, not the progress lines
     assert "```\nfold 0: epoch 1/2: loss 0.2 val_loss 0.3\nfold 0: best macro F1 0.5\n```" in md
@@ -84,7 +82,7 @@ def test_html_is_self_contained(demo_folder):
     _, html_path = write_demo_report(demo_folder)
     page = html_path.read_text()
     sources = re.findall(r'src="([^"]+)"', page)
-    assert len(sources) == 6  # preview, grid, real, GAN, curves, per-class: no file links
+    assert len(sources) == 6  # preview, grid, 2 GAN grids, curves, per-class: no file links
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     first = base64.b64decode(sources[0].split(",", 1)[1])
     assert first == (demo_folder.out / "synth_preview.png").read_bytes()

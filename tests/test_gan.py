@@ -13,13 +13,9 @@ import torch
 from hpatk.core import get_registry
 from hpatk.core.checkpoint import load_checkpoint
 from hpatk.core.errors import HpatkError
+from hpatk.core.synthetic import resize_uint8
 from hpatk.plugins.augment_gan.dcgan import DCGAN, Discriminator, Generator, from_uint8, to_uint8
-from hpatk.plugins.augment_gan.trainer import (
-    GanTrainConfig,
-    ImageBank,
-    resize_uint8,
-    train_gan,
-)
+from hpatk.plugins.augment_gan.trainer import GanTrainConfig, ImageBank, train_gan
 from torch import nn
 
 STAINS = ["green", "red", "blue", "yellow"]
@@ -101,23 +97,28 @@ def test_paper_architecture_at_width_64_and_512_px():
     assert d.fc.in_features == 1024 * 8 * 8 and d.fc.out_features == 1
 
 
-def test_registry_factory_takes_the_checkpoint_model_dict(tmp_path):
-    from hpatk.plugins.augment_gan.trainer import generator_checkpoint
+def test_synthesizer_round_trips_through_a_generator_checkpoint(synth_cache, tmp_path):
+    from hpatk.core.synthetic import load_generator, save_generator
 
     reg = get_registry()
-    torch.manual_seed(1)
-    gan = reg.augmentations.create("dcgan", latent_dim=100, channels=4, image_size=32, width=2)
-    assert isinstance(gan, DCGAN) and reg.augmentations.create("gan", image_size=16, width=1)
-    ckpt = generator_checkpoint(gan, _tiny_cfg(), 0, {"class_index": 0, "stains": STAINS})
-    assert set(ckpt["model"]) == FACTORY_KEYS
-    again = reg.augmentations.create("dcgan", **ckpt["model"])
-    again.generator.load_state_dict(ckpt["state_dict"])
-    z = torch.randn(3, 100)
-    gan.generator.eval()
-    again.generator.eval()
-    assert torch.equal(gan.generator(z), again.generator(z))
-    assert torch.equal(DCGAN.from_checkpoint(ckpt).sample_uint8(3, seed=4),
-                       gan.sample_uint8(3, seed=4))
+    synth = reg.synthesizers.create("gan", image_size=16, width=1, steps=3, batch_size=4,
+                                    device="cpu", sample_every=0)
+    assert reg.synthesizers.canonical("gan") == "dcgan" and synth.per_class
+    images = resize_uint8(_class_images(synth_cache, 2), 16).numpy()
+    summary = synth.fit(images, np.ones((len(images), 1), np.uint8), classes=[2], seed=1)
+    assert summary["steps"] == 3 and synth.params["channels"] == 4
+    path = save_generator(tmp_path / "generator.pt", synth, name="dcgan", classes=[2],
+                          train_ids=["b", "a"], train_labels=np.ones((2, 1), np.uint8),
+                          stains=STAINS, enhance={"name": "clahe"}, fold=None, key="k",
+                          cache_fingerprint="f", seed=1)
+    ckpt = load_checkpoint(path)
+    assert (ckpt["synthesizer"], ckpt["format"], ckpt["train_ids"]) == ("dcgan", 2, ["a", "b"])
+    again = load_generator(path)
+    assert np.array_equal(again.synth.sample(3, seed=4), synth.sample(3, seed=4))
+    with pytest.raises(HpatkError, match="unknown parameter 'stepz'"):
+        reg.synthesizers.create("gan", stepz=3)
+    with pytest.raises(HpatkError, match="image_size"):
+        reg.synthesizers.create("gan", image_size=48)
 
 
 def test_uint8_conversion_round_trips():
@@ -149,7 +150,7 @@ def test_short_training_writes_everything(synth_cache, tmp_path):
     out = tmp_path / "class_00"
     res = train_gan(gan, images, _tiny_cfg(steps=12, sample_every=5), out_dir=out, meta=meta)
     names = {p.name for p in out.iterdir()}
-    assert {"generator.pt", "last.pt", "losses.csv", "losses.png", "samples_real.png",
+    assert {"last.pt", "losses.csv", "losses.png", "samples_real.png",
             "samples_step_0.png", "samples_step_5.png", "samples_step_10.png",
             "samples_step_12.png"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
@@ -161,28 +162,19 @@ def test_short_training_writes_everything(synth_cache, tmp_path):
         assert all(math.isfinite(float(r[k])) for k in ("d_loss_real", "d_loss_fake", "g_loss"))
         assert 0 <= float(r["d_acc"]) <= 1
     assert len(res.history) == 12
-    ckpt = load_checkpoint(out / "generator.pt")
-    assert ckpt["kind"] == "generator" and set(ckpt["model"]) == FACTORY_KEYS
+    assert "generator.pt" not in names  # core's synthetic step writes that one
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["kind"] == "state" and set(ckpt["model"]) == FACTORY_KEYS
     assert ckpt["model"] == {"latent_dim": 100, "channels": 4, "image_size": 32, "width": 4}
     assert (ckpt["class_index"], ckpt["class_name"], ckpt["stains"], ckpt["fold"],
             ckpt["seed"], ckpt["steps"]) == (0, "Nucleoplasm", STAINS, None, 0, 12)
     assert ckpt["enhance"] == {"name": "clahe"} and "hpatk_version" in ckpt
-    assert "discriminator" not in ckpt and "discriminator" in load_checkpoint(out / "last.pt")
+    assert "discriminator" in ckpt
     s = gan.sample(5, seed=0)
     assert s.shape == (5, 4, 32, 32) and s.min() >= 0 and s.max() <= 1
     # The discriminator learned something in 12 steps: its loss on real+fake dropped.
     d = [h["d_loss_real"] + h["d_loss_fake"] for h in res.history]
     assert np.mean(d[-4:]) < np.mean(d[:2])
-
-
-def test_fit_is_the_python_entry_point(synth_cache, tmp_path):
-    gan = get_registry().augmentations.create("dcgan", channels=4, image_size=16, width=1)
-    history = gan.fit(_class_images(synth_cache, 2), steps=3, batch_size=4, device="cpu",
-                      sample_every=0, out_dir=tmp_path)
-    assert [h["step"] for h in history] == [1, 2, 3]
-    assert load_checkpoint(tmp_path / "generator.pt")["steps"] == 3
-    with pytest.raises(TypeError):
-        gan.fit(_class_images(synth_cache, 2), stepz=3)
 
 
 def _run(images, seed, steps=5, **kw):

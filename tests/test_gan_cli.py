@@ -1,6 +1,7 @@
 """``hpatk gan train`` / ``hpatk gan sample`` end to end on the synthetic cache: the run
-folder, fold-aware training, samples stored apart from the real images with their
-provenance, PNG output, and one clear line for each bad input."""
+folder, fold-aware training through core's fold assignment, samples stored apart from the
+real images with their provenance (the training-image Ids), PNG output, and one clear
+line for each bad input."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from click.testing import CliRunner
 from hpatk.cli.main import cli
 from hpatk.core.cache import CacheDataset, cache_ids, cache_labels, read_cache_meta
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
-from hpatk.plugins.augment_gan.dcgan import DCGAN
+from hpatk.core.synthetic import load_generator, resize_uint8
 
-TINY = ["--size", "32", "--width", "2", "--steps", "4", "--batch-size", "8",
-        "--sample-every", "2", "--device", "cpu"]
+TINY = ["--size", "32", "--param", "width=2", "--steps", "4", "--batch-size", "8",
+        "--param", "sample_every=2", "--device", "cpu"]
+MINI = ["--size", "16", "--param", "width=1", "--steps", "1", "--batch-size", "4",
+        "--param", "sample_every=0", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +53,7 @@ def trained(synth_cache, tmp_path_factory):
     return out
 
 
-def test_gan_is_a_plugin_command():
+def test_gan_is_a_builtin_command():
     r = _invoke("gan", "--help")
     assert r.exit_code == 0 and "train" in r.output and "sample" in r.output
     for sub in ("train", "sample"):
@@ -66,9 +69,12 @@ def test_train_writes_a_folder_per_class(trained, synth_cache):
         assert (d / name).is_file(), name
     ckpt = load_checkpoint(d / "generator.pt")
     labels = cache_labels(synth_cache)
-    assert ckpt["class_index"] == 25 and ckpt["class_name"] == "Cytosol"
-    assert ckpt["n_images"] == int(labels[:, 25].sum())
-    assert ckpt["model"] == {"latent_dim": 100, "channels": 4, "image_size": 32, "width": 2}
+    assert ckpt["classes"] == [25] and ckpt["class_names"] == ["Cytosol"]
+    ids = cache_ids(synth_cache)
+    assert ckpt["train_ids"] == sorted(ids[i] for i in np.flatnonzero(labels[:, 25]))
+    assert ckpt["synthesizer"] == "dcgan" and ckpt["per_class"] is True
+    assert {k: ckpt["params"][k] for k in ("latent_dim", "channels", "image_size", "width")} \
+        == {"latent_dim": 100, "channels": 4, "image_size": 32, "width": 2}
     meta = read_cache_meta(synth_cache)
     assert ckpt["stains"] == meta["stains"] and ckpt["enhance"] == meta["enhance"]
     assert ckpt["cache_fingerprint"] == meta["fingerprint"] and ckpt["fold"] is None
@@ -79,9 +85,7 @@ def test_train_writes_a_folder_per_class(trained, synth_cache):
 def test_top_picks_the_most_populous_classes(synth_cache, tmp_path):
     counts = cache_labels(synth_cache).sum(axis=0)
     want = sorted(np.argsort(-counts, kind="stable")[:2].tolist())
-    r = _invoke("gan", "train", "--data", synth_cache, "--top", "2", "--out", tmp_path,
-                "--size", "16", "--width", "1", "--steps", "1", "--batch-size", "4",
-                "--sample-every", "0", "--device", "cpu")
+    r = _invoke("gan", "train", "--data", synth_cache, "--top", "2", "--out", tmp_path, *MINI)
     assert r.exit_code == 0, r.output
     assert sorted(int(p.name[6:]) for p in tmp_path.iterdir()) == want
 
@@ -90,26 +94,18 @@ def test_fold_training_uses_exactly_the_training_engines_rows(synth_cache, tmp_p
     """--fold K trains on the rows 'hpatk train --fold K' trains on (no leakage)."""
     from hpatk.core.train_config import TrainConfig
     from hpatk.core.train_data import plan_data
-    from hpatk.plugins.augment_gan import classdata
 
     plan = plan_data(TrainConfig(data=str(synth_cache), folds=3, seed=2, classes="top5"))
     train_rows, val_rows = plan.split(1)
     labels = cache_labels(synth_cache)
-    spec = classdata.FoldSpec(fold=1, folds=3, seed=2, classes=classdata.fold_classes("top5"))
-    ours = classdata.training_rows(labels, cache_ids(synth_cache), spec)
-    assert np.array_equal(ours, np.sort(train_rows))
-    rows = classdata.class_rows(labels, 0, allowed=ours)
-    assert len(rows) and not set(rows) & set(val_rows.tolist())
-
+    rows = np.sort(train_rows[labels[train_rows, 0] > 0])
     r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
-                "--fold", "1", "--folds", "3", "--seed", "2", "--fold-classes", "top5",
-                "--size", "16", "--width", "1", "--steps", "1", "--batch-size", "4",
-                "--sample-every", "0", "--device", "cpu")
+                "--fold", "1", "--folds", "3", "--seed", "2", "--fold-classes", "top5", *MINI)
     assert r.exit_code == 0, r.output
     ckpt = load_checkpoint(tmp_path / "class_00" / "generator.pt")
-    assert (ckpt["fold"], ckpt["folds"], ckpt["fold_seed"]) == (1, 3, 2)
-    assert ckpt["fold_classes"] == [0, 25, 21, 2, 23]
-    assert ckpt["n_images"] == len(rows)
+    assert ckpt["fold"] == 1
+    assert ckpt["train_ids"] == sorted(plan.ids[i] for i in rows)
+    assert not set(ckpt["train_ids"]) & {plan.ids[i] for i in val_rows}
 
 
 def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path):
@@ -120,7 +116,7 @@ def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path)
     assert r.exit_code == 1
     assert "32 px" in _error_line(r) and "--resize" in _error_line(r)
     r = _invoke("gan", "sample", gen, "--n", "10", "--into", cache, "--seed", "3", "--resize",
-                "--batch", "4", "--device", "cpu")
+                "--device", "cpu")
     assert r.exit_code == 0, r.output
 
     n_real = len(cache_labels(synth_cache))
@@ -136,10 +132,12 @@ def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path)
     images, targets = syn.read_batch(np.arange(10))
     assert torch.all(targets.argmax(1) == 25) and torch.all(targets.sum(1) == 1)
     # The stored images are the generator's samples for that seed, resized to 64 px.
-    from hpatk.plugins.augment_gan.trainer import resize_uint8
+    expected = resize_uint8(load_generator(gen).synth.sample(10, seed=3), 64)
+    assert np.array_equal(images.numpy(), expected)
+    # provenance by content: the Ids of the images the generator learnt from
+    from hpatk.core.cache import synthetic_train_ids
 
-    gan = DCGAN.from_checkpoint(gen)
-    assert torch.equal(images, resize_uint8(gan.sample_uint8(10, seed=3), 64))
+    assert synthetic_train_ids(cache, batch["batch"]) == load_checkpoint(gen)["train_ids"]
 
 
 def test_sample_out_writes_kaggle_layout(trained, tmp_path):
@@ -152,7 +150,7 @@ def test_sample_out_writes_kaggle_layout(trained, tmp_path):
     with open(out / "train.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["Target"] for row in rows] == ["0"] * 3
-    expected = DCGAN.from_checkpoint(gen).sample_uint8(3, seed=1).numpy()
+    expected = load_generator(gen).synth.sample(3, seed=1)
     for k, row in enumerate(rows):
         for c, stain in enumerate(("green", "red", "blue", "yellow")):
             png = cv2.imread(str(out / "train" / f"{row['Id']}_{stain}.png"), cv2.IMREAD_UNCHANGED)
@@ -164,7 +162,7 @@ def test_sample_out_writes_kaggle_layout(trained, tmp_path):
 
 def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     from hpatk.core.folds import make_folds
-    from hpatk.plugins.augment_gan.trainer import GanTrainConfig, generator_checkpoint
+    from hpatk.core.synthetic import save_generator
 
     base = ["gan", "train", "--data", synth_cache, "--out", tmp_path / "x", *TINY]
     r = _invoke(*base, "--class", "Nucleoplasma")
@@ -174,7 +172,11 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     r = _invoke(*base, "--class", "0", "--top", "2")
     assert r.exit_code == 2 and "not both" in r.output
     r = _invoke(*base, "--class", "0", "--size", "48")
-    assert r.exit_code == 1 and "--size 48" in _error_line(r)
+    assert r.exit_code == 1 and "image_size" in _error_line(r)
+    r = _invoke(*base, "--class", "0", "--synth", "dcgann")
+    assert r.exit_code == 1 and "did you mean 'dcgan'" in _error_line(r)
+    r = _invoke(*base, "--class", "0", "--param", "wdth=2")
+    assert r.exit_code == 1 and "unknown parameter 'wdth'" in _error_line(r)
     # A class whose only images fall in the validation fold has nothing to train on.
     labels = cache_labels(synth_cache)
     rare = int(np.argmin(np.where(labels.sum(0) > 0, labels.sum(0), 99)))
@@ -186,11 +188,14 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written for refused runs
 
     # A generator of three stains does not go into a four-stain cache.
-    gan = DCGAN(channels=3, image_size=64, width=1)
-    ckpt = generator_checkpoint(gan, GanTrainConfig(), 0, {
-        "class_index": 0, "stains": ["green", "red", "blue"],
-        "enhance": read_cache_meta(synth_cache)["enhance"]})
-    save_checkpoint(ckpt, tmp_path / "rgb.pt")
+    from hpatk.core import get_registry
+
+    rgb = get_registry().synthesizers.create("gan", image_size=64, channels=3, width=1)
+    rgb.load_state_dict({"generator": rgb._model().generator.state_dict()})
+    save_generator(tmp_path / "rgb.pt", rgb, name="dcgan", classes=[0], train_ids=["x"],
+                   train_labels=np.ones((1, 1), np.uint8), stains=["green", "red", "blue"],
+                   enhance=read_cache_meta(synth_cache)["enhance"], fold=None, key="k",
+                   cache_fingerprint="f", seed=0)
     cache = tmp_path / "cache.h5"
     shutil.copy(synth_cache, cache)
     r = _invoke("gan", "sample", tmp_path / "rgb.pt", "--n", "2", "--into", cache)
@@ -199,7 +204,7 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     # Not a generator / not a checkpoint.
     save_checkpoint({"kind": "classifier", "model": {}}, tmp_path / "clf.pt")
     r = _invoke("gan", "sample", tmp_path / "clf.pt", "--n", "2", "--into", cache)
-    assert r.exit_code == 1 and "classifier checkpoint" in _error_line(r)
+    assert r.exit_code == 1 and "not a generator checkpoint" in _error_line(r)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     r = _invoke("gan", "sample", tmp_path / "junk.pt", "--n", "2", "--into", cache)
     assert r.exit_code == 1 and "junk.pt" in _error_line(r)
@@ -207,39 +212,17 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     assert r.exit_code == 2 and "exactly one" in r.output
 
 
-def test_streamed_class_images_equal_the_in_memory_ones(synth_cache):
-    """A class too big for --max-memory is read from the cache per batch, same pixels."""
-    from hpatk.plugins.augment_gan import classdata
-
-    rows = classdata.class_rows(cache_labels(synth_cache), 25)
-    held = classdata.load_bank(synth_cache, rows, 32)
-    streamed = classdata.load_bank(synth_cache, rows, 32, max_memory=0)
-    assert held.images is not None and streamed.images is None
-    assert len(held) == len(streamed) == len(rows) and streamed.channels == 4
-    idx = torch.tensor([3, 0, 3, len(rows) - 1])
-    assert torch.equal(held.batch(idx), streamed.batch(idx))
-
-
-def test_epochs_become_steps(synth_cache, tmp_path):
-    n = int(cache_labels(synth_cache)[:, 0].sum())
-    r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
-                "--epochs", "0.5", "--size", "16", "--width", "1", "--batch-size", "4",
-                "--sample-every", "0", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    assert load_checkpoint(tmp_path / "class_00" / "generator.pt")["steps"] == -(-n // 8)
-
-
 def test_an_existing_run_is_resumed_or_restarted_never_silently_mixed(synth_cache, tmp_path):
     args = ["gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
-            "--size", "16", "--width", "1", "--batch-size", "4", "--sample-every", "2",
-            "--device", "cpu"]
+            "--size", "16", "--param", "width=1", "--batch-size", "4",
+            "--param", "sample_every=2", "--device", "cpu"]
     assert _invoke(*args, "--steps", "4").exit_code == 0
     r = _invoke(*args, "--steps", "2")
     assert r.exit_code == 1 and "--resume" in _error_line(r)
     r = _invoke(*args, "--steps", "6", "--resume")
     assert r.exit_code == 0, r.output
     run = tmp_path / "class_00"
-    assert load_checkpoint(run / "generator.pt")["steps"] == 6
+    assert load_checkpoint(run / "generator.pt")["summary"]["steps"] == 6
     with open(run / "losses.csv") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, 7))
     assert _invoke(*args, "--steps", "2", "--force").exit_code == 0

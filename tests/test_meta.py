@@ -22,10 +22,11 @@ def _signature(name: str) -> str:
     return f"{name}({', '.join(params)})"
 
 
-def test_five_hooks():
+def test_six_hooks():
     assert sorted(HOOKS) == sorted([
         "hpatk_register_enhancers", "hpatk_register_augmentations",
-        "hpatk_register_backbones", "hpatk_register_losses", "hpatk_register_commands"])
+        "hpatk_register_backbones", "hpatk_register_losses", "hpatk_register_synthesizers",
+        "hpatk_register_commands"])
 
 
 @pytest.mark.parametrize("hook", HOOKS)

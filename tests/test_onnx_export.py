@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 from hpatk.cli.main import cli  # noqa: E402
 from hpatk.core import __version__, get_registry  # noqa: E402
-from hpatk.core.checkpoint import save_checkpoint  # noqa: E402
+from hpatk.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from hpatk.core.classes import CLASS_NAMES, STAINS, TOP5  # noqa: E402
 from hpatk.core.errors import HpatkError  # noqa: E402
 
@@ -439,21 +439,27 @@ def test_weights_that_do_not_fit(tmp_path):
 
 
 def generator_ckpt(path, size: int = 16, width: int = 4, class_index: int = 25,
-                   seed: int = 0) -> tuple[dict, torch.nn.Module]:
+                   seed: int = 0, name: str = "dcgan") -> tuple[dict, torch.nn.Module]:
+    """A generator checkpoint as hpatk writes it (random weights, BatchNorm statistics
+    of a trained generator), and its export module."""
+    from hpatk.core.synthetic import save_generator
+
     torch.manual_seed(seed)
-    gan = get_registry().augmentations.create("dcgan", latent_dim=100, channels=4,
-                                              image_size=size, width=width)
-    gen = gan.generator
-    gen.train()
+    k = 1 if name == "dcgan" else 3
+    synth = get_registry().synthesizers.create(name, image_size=size, width=width,
+                                               channels=4, **({} if k == 1 else
+                                                              {"num_labels": k}))
+    model = synth._model()
+    model.generator.train()
     with torch.no_grad():  # BatchNorm statistics of a trained generator
-        gen(torch.randn(8, 100))
-    gen.eval()
-    ckpt = {"kind": "generator", "format": 1, "hpatk_version": __version__,
-            "model": {"latent_dim": 100, "channels": 4, "image_size": size, "width": width},
-            "state_dict": gen.state_dict(), "class_index": class_index,
-            "stains": list(STAINS), "enhance": ENHANCE}
-    save_checkpoint(ckpt, path)
-    return ckpt, gen
+        z = torch.randn(8, 100)
+        model.generator(z) if k == 1 else model.generator(z, torch.ones(8, k))
+    synth.load_state_dict({"generator": model.generator.state_dict()})
+    classes = [class_index] if k == 1 else [class_index, 0, 2]
+    save_generator(path, synth, name=name, classes=classes, train_ids=["a"],
+                   train_labels=np.ones((1, k), np.uint8), stains=list(STAINS),
+                   enhance=ENHANCE, fold=None, key="k", cache_fingerprint="f", seed=seed)
+    return load_checkpoint(path), synth.export_module()
 
 
 def test_export_generator(tmp_path):
@@ -464,6 +470,7 @@ def test_export_generator(tmp_path):
     assert res.kind == "generator" and res.max_abs_error < 1e-5
     meta = read_metadata(res.path, kind="generator")
     assert meta["class_index"] == 25 and meta["class_name"] == "Cytosol"
+    assert meta["synthesizer"] == "dcgan" and meta["label_dim"] == 0
     assert meta["image_size"] == 16 and meta["latent_dim"] == 100
     assert meta["stains"] == list(STAINS) and meta["output_range"] == "[0, 1]"
     model = onnx.load(str(res.path))
@@ -472,7 +479,7 @@ def test_export_generator(tmp_path):
     for n in (1, 5):
         z = np.random.default_rng(n).standard_normal((n, 100)).astype(np.float32)
         with torch.inference_mode():
-            ref = ((gen(torch.from_numpy(z)) + 1) / 2).clamp(0, 1).numpy()
+            ref = gen(torch.from_numpy(z)).numpy()
         got = g.run(z)
         assert got.shape == (n, 4, 16, 16)
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
@@ -480,6 +487,25 @@ def test_export_generator(tmp_path):
     assert s.shape == (3, 4, 16, 16) and 0 <= s.min() and s.max() <= 1 and s.std() > 0
     with pytest.raises(HpatkError, match="is a generator model, not a classifier"):
         read_metadata(res.path, kind="classifier")
+
+
+def test_export_conditional_generator(tmp_path):
+    from hpatk.export import OnnxGenerator, export_checkpoint
+
+    _, gen = generator_ckpt(tmp_path / "c.pt", name="cdcgan")
+    res = export_checkpoint(tmp_path / "c.pt", tmp_path / "c.onnx")
+    assert res.max_abs_error < 1e-5 and res.metadata["label_dim"] == 3
+    assert res.metadata["classes"] == [25, 0, 2] and res.metadata["class_index"] is None
+    g = OnnxGenerator(res.path, provider="cpu")
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    got = g.sample(4, seed=2, labels=y)
+    z = np.random.default_rng(2).standard_normal((4, 100))
+    with torch.inference_mode():
+        ref = gen(torch.from_numpy(np.concatenate([z, y], 1).astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
+    assert not np.allclose(got[0], got[1])  # the label changes the image
+    with pytest.raises(HpatkError, match="conditional"):
+        g.sample(2, seed=0)
 
 
 def test_generator_refuses_classifier_options(tmp_path):

@@ -53,7 +53,7 @@ def test_plugin_modules_and_cli_import_without_torch():
         "assert r.exit_code == 0, r.output\n"
         "from hpatk.core import get_registry\n"
         "reg = get_registry()\n"
-        "kinds = ('enhancers', 'augmentations', 'backbones', 'losses')\n"
+        "kinds = ('enhancers', 'augmentations', 'backbones', 'losses', 'synthesizers')\n"
         "names = [reg.catalog(k).names() for k in kinds]\n"
         "heavy = ('torch', 'timm', 'kornia', 'cv2', 'onnx', 'onnxruntime', 'h5py')\n"
         "heavy = sorted(m for m in heavy if m in sys.modules)\n"

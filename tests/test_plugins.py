@@ -83,7 +83,8 @@ def test_hook_hpatk_register_augmentations(throwaway_plugin):
     reg = throwaway_plugin(ThrowAway(), "throwaway")
     aug = reg.augmentations.create("noop_aug")
     assert aug(41) == 41
-    assert {"classic", "dcgan", "noop_aug"} <= set(reg.augmentations.names())
+    assert {"classic", "noop_aug"} <= set(reg.augmentations.names())
+    assert "dcgan" not in reg.augmentations and "dcgan" in reg.synthesizers
 
 
 def test_hook_hpatk_register_backbones(throwaway_plugin):
@@ -100,6 +101,53 @@ def test_hook_hpatk_register_losses(throwaway_plugin):
     reg = throwaway_plugin(ThrowAway(), "throwaway")
     loss = reg.losses.create("l1_test")
     assert loss(torch.ones(2, 3), torch.zeros(2, 3)).item() == pytest.approx(1.0)
+
+
+def test_hook_hpatk_register_synthesizers(throwaway_plugin):
+    import numpy as np
+    from hpatk.core import Synthesizer
+
+    class Constant(Synthesizer):
+        name = "constant_test"
+
+        def fit(self, images, labels, *, classes, out_dir=None, seed=0, progress=True,
+                resume=False):
+            self.params["image_size"] = int(images.shape[-1])
+            self.value = int(np.asarray(images).mean())
+            return {}
+
+        def sample(self, n, labels=None, *, seed=0):
+            s = self.image_size
+            return np.full((n, 4, s, s), self.value, np.uint8)
+
+    class WithSynth:
+        @hookimpl
+        def hpatk_register_synthesizers(self, register):
+            register("constant_test", Constant, aliases=("const_test",))
+
+    reg = throwaway_plugin(WithSynth(), "with-synth")
+    synth = reg.synthesizers.create("const_test", level=1)
+    assert isinstance(synth, Synthesizer) and synth.config() == {"name": "constant_test",
+                                                                 "level": 1}
+    synth.fit(np.full((3, 4, 8, 8), 7, np.uint8), np.ones((3, 1), np.uint8), classes=[0])
+    assert synth.sample(2).shape == (2, 4, 8, 8) and synth.sample(1).max() == 7
+
+
+def test_a_name_cannot_be_both_augmentation_and_synthesizer(throwaway_plugin):
+    from hpatk.core.errors import RegistryError
+
+    class Clash:
+        @hookimpl
+        def hpatk_register_augmentations(self, register):
+            register("twice_test", lambda: None)
+
+        @hookimpl
+        def hpatk_register_synthesizers(self, register):
+            register("twice_test", lambda: None)
+
+    reg = throwaway_plugin(Clash(), "clash")
+    with pytest.raises(RegistryError, match="'twice_test' is registered as an augmentation"):
+        reg.synthesizers.names()
 
 
 def test_hook_hpatk_register_commands(throwaway_plugin):
@@ -130,6 +178,7 @@ def test_third_party_package_via_entry_points():
     assert infos["hpatk-gamma.gamma"].status == "ok"
     assert set(infos["hpatk-gamma.gamma"].hooks) == {"hpatk_register_enhancers",
                                                      "hpatk_register_commands"}
+    assert reg.synthesizers.get("meannoise").plugin == "hpatk-gamma.meannoise"
     assert reg.enhancers.get("pow").name == "gamma"
     out = run_hpatk("gamma-table", "0.5")
     assert out.returncode == 0, out.stderr

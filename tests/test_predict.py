@@ -341,8 +341,8 @@ def test_trained_generator_exports(cache, tmp_path):
     from hpatk.export import OnnxGenerator, read_metadata
 
     r = CliRunner().invoke(cli, ["gan", "train", "--data", str(cache), "--class", "0",
-                                 "--size", "16", "--width", "2", "--steps", "3",
-                                 "--batch-size", "4", "--sample-every", "0",
+                                 "--size", "16", "--param", "width=2", "--steps", "3",
+                                 "--batch-size", "4", "--param", "sample_every=0",
                                  "--device", "cpu", "--out", str(tmp_path / "gans")])
     assert r.exit_code == 0, r.output
     gen = next((tmp_path / "gans").glob("class_*/generator.pt"))

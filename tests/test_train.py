@@ -337,29 +337,9 @@ def test_bad_options_are_one_line_errors(small_cache, tmp_path, args, message):
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
-def test_aug_gan_without_synthetic_samples_says_what_to_do(small_cache, tmp_path):
+def test_aug_gan_from_the_cache_without_usable_samples_says_what_to_do(small_cache, tmp_path):
     r = invoke("train", "--data", small_cache, "--backbone", TINY, "--classes", "top5",
-               "--aug", "gan", "--epochs", 1, "--out", tmp_path / "g", ok=False)
-    assert r.exit_code == 1 and "hpatk gan train --fold 0 and hpatk gan sample" in r.output
-
-
-def test_aug_gan_uses_only_this_folds_synthetic_samples(small_cache, tmp_path):
-    import shutil
-
-    from hpatk.core.cache import add_synthetic
-    from hpatk.core.train_config import TrainConfig
-    from hpatk.core.train_data import fold_datasets, plan_data
-
-    cache = tmp_path / "c.h5"
-    shutil.copy(small_cache, cache)
-    img = np.zeros((3, 4, 32, 32), np.uint8)
-    add_synthetic(cache, img, 0, generator="test", fold=0, seed=0)
-    add_synthetic(cache, img[:2], 25, generator="test", fold=1, seed=0)
-    add_synthetic(cache, img[:1], 2, generator="test", fold=None, seed=0)  # saw all folds
-    add_synthetic(cache, img[:4], 7, generator="test", fold=0, seed=0)  # not a top5 class
-    plan = plan_data(TrainConfig(data=str(cache), classes="top5", aug="gan"))
-    train, val, n_syn = fold_datasets(plan, 0, synthetic=True)
-    assert n_syn == 3 and len(train) == len(plan.split(0)[0]) + 3
-    assert len(val) == len(plan.split(0)[1])
-    _, _, n1 = fold_datasets(plan, 1, synthetic=True)
-    assert n1 == 2
+               "--aug", "gan", "--synthetic-source", "cache", "--epochs", 1,
+               "--out", tmp_path / "g", ok=False)
+    assert r.exit_code == 1 and "no fold-safe synthetic samples" in r.output
+    assert "--synthetic-source fit" in r.output

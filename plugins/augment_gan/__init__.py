@@ -1,20 +1,16 @@
-"""Built-in GAN augmentation ``dcgan`` (alias ``gan``): the paper's per-class DCGAN, and
-the ``hpatk gan train`` / ``hpatk gan sample`` commands.
+"""Built-in synthesizers: ``dcgan`` (alias ``gan``), the paper's per-class DCGAN, and
+``cdcgan``, one conditional DCGAN for all classes.
 
 Modules (imported only when used, so this hook module stays cheap):
 
-- ``dcgan``: :class:`Generator`, :class:`Discriminator` and the :class:`DCGAN` pair that
-  the registry's ``dcgan`` factory returns (``.generator``, ``.discriminator``,
-  ``.sample(n)``, ``.fit(images)``, ``DCGAN.from_checkpoint(path)``).
-- ``trainer``: the paper's training recipe (:func:`train_gan`) and the run folder.
-- ``classdata``: one class's images from a cache (fold-aware, as ``hpatk train``).
-- ``sampling``: samples into a cache's synthetic group or to PNG files.
-- ``commands``: the ``gan`` click group.
+- ``dcgan``: :class:`Generator`, :class:`Discriminator` and the :class:`DCGAN` pair.
+- ``trainer``: the paper's training recipe (:func:`train_gan`) and what it writes.
+- ``synthesizer``: :class:`DCGANSynthesizer`, the ``dcgan`` factory's product.
+- ``cdcgan``: the conditional generator, the projection discriminator and
+  :class:`ConditionalDCGANSynthesizer`.
 
-A generator checkpoint's ``model`` dict is exactly the factory's keyword arguments::
-
-    gan = get_registry().augmentations.create("dcgan", **ckpt["model"])
-    gan.generator.load_state_dict(ckpt["state_dict"])
+Checkpoints, fold safety and sampling into a cache are core's (:mod:`hpatk.core.synthetic`):
+this plugin only implements the :class:`hpatk.core.Synthesizer` contract.
 """
 
 from __future__ import annotations
@@ -25,20 +21,25 @@ from hpatk.core import hookimpl
 
 
 def _dcgan(**params: Any) -> Any:
-    """``latent_dim=100, channels=4, image_size=512, width=64, dropout=0.25`` -> DCGAN."""
-    from hpatk.plugins.augment_gan.dcgan import DCGAN
+    """Model (``image_size, channels, latent_dim=100, width=64, dropout=0.25``) and
+    training (``steps=10000, batch_size=32, g_lr, d_lr, ..., device``) parameters."""
+    from hpatk.plugins.augment_gan.synthesizer import DCGANSynthesizer
 
-    return DCGAN(**params)
+    return DCGANSynthesizer(**params)
+
+
+def _cdcgan(**params: Any) -> Any:
+    """One DCGAN for all classes, conditioned on the multi-hot label vector."""
+    from hpatk.plugins.augment_gan.cdcgan import ConditionalDCGANSynthesizer
+
+    return ConditionalDCGANSynthesizer(**params)
 
 
 @hookimpl
-def hpatk_register_augmentations(register):
+def hpatk_register_synthesizers(register):
     register("dcgan", _dcgan, aliases=("gan",),
-             description="per-class DCGAN synthetic images (the paper's generator/discriminator)")
+             description="one DCGAN per class (the paper's generator/discriminator)")
+    register("cdcgan", _cdcgan,
+             description="one conditional DCGAN for all classes (projection discriminator, "
+                         "multi-hot labels)")
 
-
-@hookimpl
-def hpatk_register_commands(cli):
-    from hpatk.plugins.augment_gan.commands import gan
-
-    cli.add_command(gan)

@@ -22,9 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -159,14 +157,10 @@ def from_uint8(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
 
 
 class DCGAN(nn.Module):
-    """One class's GAN: ``.generator``, ``.discriminator``, ``.sample(n)``, ``.fit(images)``.
+    """One class's GAN: ``.generator``, ``.discriminator``, ``.sample(n)``.
 
-    This is what ``get_registry().augmentations.create("dcgan", **kwargs)`` returns; the
-    keyword arguments ``latent_dim, channels, image_size, width`` are exactly a generator
-    checkpoint's ``model`` dict, so a checkpoint rebuilds with::
-
-        gan = get_registry().augmentations.create("dcgan", **ckpt["model"])
-        gan.generator.load_state_dict(ckpt["state_dict"])
+    Trained by :func:`~hpatk.plugins.augment_gan.trainer.train_gan`; wrapped as a
+    synthesizer by :class:`~hpatk.plugins.augment_gan.synthesizer.DCGANSynthesizer`.
 
     Args:
         latent_dim: noise length (100).
@@ -177,7 +171,6 @@ class DCGAN(nn.Module):
 
     Example:
         >>> gan = DCGAN(image_size=32, width=4)
-        >>> history = gan.fit(images_uint8, steps=200)        # images of one class
         >>> gan.sample(8).shape                                 # float in [0, 1]
         torch.Size([8, 4, 32, 32])
     """
@@ -238,48 +231,3 @@ class DCGAN(nn.Module):
         out = [to_uint8(x).cpu() for x in self.batches(n, seed=seed, batch_size=batch_size)]
         return torch.cat(out) if out else torch.empty(0, g.channels, g.image_size,
                                                       g.image_size, dtype=torch.uint8)
-
-    def fit(self, images: Any, **config: Any) -> list[dict[str, float]]:
-        """Train on one class's images (uint8 (N, C, H, W), resized to ``image_size`` if
-        needed) with the paper's recipe; keyword arguments are
-        :class:`~hpatk.plugins.augment_gan.trainer.GanTrainConfig` fields plus ``out_dir``.
-
-        Returns:
-            the per-step losses (``step, d_loss_real, d_loss_fake, g_loss, d_acc``).
-        """
-        from hpatk.plugins.augment_gan.trainer import GanTrainConfig, train_gan
-
-        out_dir = config.pop("out_dir", None)
-        cfg = GanTrainConfig(**config)
-        return train_gan(self, images, cfg, out_dir=out_dir).history
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any] | str | os.PathLike[str],
-                        map_location: Any = "cpu") -> DCGAN:
-        """A DCGAN whose generator holds a checkpoint's weights (eval mode).
-
-        ``ckpt`` is a path or a loaded generator checkpoint; the discriminator is restored
-        too when the checkpoint carries one (``last.pt``), else freshly initialised.
-        """
-        from hpatk.core.checkpoint import load_checkpoint
-        from hpatk.core.errors import HpatkError
-
-        if not isinstance(ckpt, dict):
-            path = ckpt
-            ckpt = load_checkpoint(path, map_location=map_location)
-        else:
-            path = "<checkpoint>"
-        if ckpt.get("kind") != "generator":
-            raise HpatkError(f"checkpoint '{path}' is a {ckpt.get('kind')} checkpoint, "
-                             "not a generator")
-        model = ckpt.get("model") or {}
-        try:
-            gan = cls(**model, dropout=float(ckpt.get("config", {}).get("dropout", 0.25)))
-            gan.generator.load_state_dict(ckpt["state_dict"])
-            if "discriminator" in ckpt:
-                gan.discriminator.load_state_dict(ckpt["discriminator"])
-        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise HpatkError(f"generator checkpoint '{path}' does not match the DCGAN "
-                             f"(model {model}): {type(exc).__name__}: {first}") from exc
-        return gan.eval()

@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.device import resolve_device
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open, atomic_path
-from hpatk.core.picture import composite
+from hpatk.core.picture import save_grid
 from hpatk.core.progress import progress
+from hpatk.core.synthetic import resize_uint8
 from hpatk.core.version import __version__
 from hpatk.plugins.augment_gan.dcgan import DCGAN, from_uint8, to_uint8
 
@@ -110,19 +110,6 @@ class TrainResult:
     files: list[Path] = field(default_factory=list)
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 images: area averaging to shrink (as cv2.INTER_AREA), bilinear to grow.
-
-    Shape: (B, C, H, W) uint8 -> (B, C, size, size) uint8.
-    """
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    mode = "area" if size < images.shape[-1] else "bilinear"
-    kw = {} if mode == "area" else {"align_corners": False}
-    out = F.interpolate(images.float(), size=(size, size), mode=mode, **kw)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
 class ImageBank:
     """One class's real images as uint8 at the GAN's size, in memory or read on demand.
 
@@ -173,35 +160,6 @@ class ImageBank:
 
 
 # --- pictures -------------------------------------------------------------------------
-
-def save_grid(images: torch.Tensor, stains: Sequence[str], path: str | os.PathLike[str],
-              title: str = "", cols: int | None = None) -> Path:
-    """A grid of RGB composites as a PNG (matplotlib, Agg), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if len(stains) != images.shape[1]:  # unknown channels: gray
-        stains = [f"c{i}" for i in range(images.shape[1])]
-    rgb = composite(images, stains)
-    n = len(rgb)
-    cols = cols or max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(rgb[k], interpolation="nearest")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
-
 
 def plot_losses(history: Sequence[dict[str, float]], path: str | os.PathLike[str],
                 title: str = "") -> Path:
@@ -255,7 +213,7 @@ def generator_checkpoint(gan: DCGAN, cfg: GanTrainConfig, step: int,
     """
     meta = dict(meta or {})
     return {
-        "kind": "generator", "format": 1, "hpatk_version": __version__,
+        "kind": "state", "format": 1, "hpatk_version": __version__,
         "model": gan.config(),
         "state_dict": {k: v.detach().cpu() for k, v in gan.generator.state_dict().items()},
         "class_index": meta.pop("class_index", None),
@@ -291,7 +249,7 @@ def _history_list(t: torch.Tensor) -> list[dict[str, float]]:
 def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
               out_dir: str | os.PathLike[str] | None = None,
               meta: dict[str, Any] | None = None, resume: bool = False,
-              desc: str = "gan") -> TrainResult:
+              desc: str = "gan", labels: Any = None) -> TrainResult:
     """Train ``gan`` on one class's images with the paper's recipe.
 
     Args:
@@ -304,7 +262,9 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
         meta: provenance stored in the checkpoints: ``class_index``, ``class_name``,
             ``stains``, ``enhance``, ``fold``, and anything else (plain data).
         resume: continue from ``out_dir/last.pt`` when it exists.
-        desc: the progress bar's label.
+        desc: the progress bar's label ("" = no progress output).
+        labels: for a conditional ``gan`` (``gan.conditional``): the images' label
+            vectors, (N, K); fake batches get labels drawn from them.
 
     Returns:
         a :class:`TrainResult` with one dict per step
@@ -320,6 +280,10 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
     if bank.channels != G.channels:
         raise HpatkError(f"the GAN has {G.channels} channels but the images have "
                          f"{bank.channels}")
+    cond = bool(getattr(gan, "conditional", False))
+    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.float32) if cond else None
+    if cond and (y_all is None or y_all.ndim != 2 or len(y_all) != len(bank)):
+        raise HpatkError(f"a conditional GAN needs (N, K) labels for its {len(bank)} images")
     device = resolve_device(cfg.device)
     meta = dict(meta or {})
     stains = list(meta.get("stains") or [])
@@ -345,8 +309,11 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
             torch.cuda.set_rng_state(rng["cuda"], device)
 
     # Fixed noise for the sample grids, independent of the training RNG.
-    z_grid = torch.randn(cfg.grid ** 2, G.latent_dim,
-                         generator=torch.Generator().manual_seed(cfg.seed + 7919))
+    grid_rng = torch.Generator().manual_seed(cfg.seed + 7919)
+    z_grid = torch.randn(cfg.grid ** 2, G.latent_dim, generator=grid_rng)
+    if y_all is not None:  # fixed label vectors for the grids, drawn from the real ones
+        z_grid = (z_grid, y_all[torch.randint(0, len(y_all), (cfg.grid ** 2,),
+                                              generator=grid_rng)])
     title = meta.get("class_name") or desc
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -355,35 +322,43 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
                                    out / "samples_real.png", title=f"{title}: real images"))
             files.append(_grid(G, z_grid, stains, out, 0, title, device))
 
+    def disc(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return D(x, y) if cond else D(x)
+
     ckpt_every = cfg.checkpoint_every or cfg.sample_every
     B = cfg.batch_size
     ones = torch.ones(B, 1, device=device)
     last_good = start
-    for step in progress(range(start, cfg.steps), desc=desc, total=cfg.steps - start,
-                         unit="step"):
+    steps = range(start, cfg.steps)
+    for step in (progress(steps, desc=desc, total=cfg.steps - start, unit="step")
+                 if desc else steps):
         idx = torch.randint(0, len(bank), (B,), generator=data_rng)
         z = torch.randn(B, G.latent_dim, generator=data_rng)
         flips = torch.rand(2, B, 1, generator=data_rng) < cfg.flip
         real = from_uint8(bank.batch(idx).to(device, non_blocking=True))
         z, flips = z.to(device), flips.to(device)
+        y_real = y_fake = None
+        if y_all is not None:
+            y_real = y_all[idx].to(device)
+            y_fake = y_all[torch.randint(0, len(y_all), (B,), generator=data_rng)].to(device)
         t_real = torch.where(flips[0], 0.0, cfg.real_label).to(real.dtype)
         t_fake = torch.where(flips[1], cfg.real_label, 0.0).to(real.dtype)
 
-        fake = G(z)
+        fake = G(z, y_fake) if cond else G(z)
         # D: a real and a fake mini-batch, separately (BatchNorm sees one kind at a time).
         D.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        logit_real = D(real)
+        logit_real = disc(real, y_real)
         loss_real = bce(logit_real, t_real)
         loss_real.backward()
-        logit_fake = D(fake.detach())
+        logit_fake = disc(fake.detach(), y_fake)
         loss_fake = bce(logit_fake, t_fake)
         loss_fake.backward()
         opt_d.step()
         # G: non-saturating minimax, -log D(G(z)); D's weights get no gradient here.
         D.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        loss_g = bce(D(fake), ones)
+        loss_g = bce(disc(fake, y_fake), ones)
         loss_g.backward()
         opt_g.step()
 
@@ -414,12 +389,13 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
     return TrainResult(history, out, files)
 
 
-def _grid(G: torch.nn.Module, z: torch.Tensor, stains: Sequence[str], out: Path, step: int,
+def _grid(G: torch.nn.Module, z: Any, stains: Sequence[str], out: Path, step: int,
           title: str, device: torch.device) -> Path:
     was = G.training
     G.eval()  # BatchNorm running statistics, as Keras' predict
     with torch.no_grad():
-        imgs = to_uint8(G(z.to(device))).cpu()
+        args = z if isinstance(z, tuple) else (z,)
+        imgs = to_uint8(G(*(a.to(device) for a in args))).cpu()
     G.train(was)
     return save_grid(imgs, stains, out / f"samples_step_{step}.png",
                      title=f"{title}: step {step}")
@@ -429,17 +405,14 @@ def _write_state(gan: DCGAN, cfg: GanTrainConfig, step: int, meta: dict[str, Any
                  history: list[dict[str, float]], opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, data_rng: torch.Generator,
                  device: torch.device, out: Path) -> list[Path]:
-    gen = generator_checkpoint(gan, cfg, step, meta)
-    full = dict(gen)
+    full = generator_checkpoint(gan, cfg, step, meta)
     full.update({
         "discriminator": {k: v.detach().cpu() for k, v in gan.discriminator.state_dict().items()},
         "optim_g": opt_g.state_dict(), "optim_d": opt_d.state_dict(),
         "rng": _rng_state(device, data_rng),
         "history": _history_tensor(history),
     })
-    # last.pt first: a generator.pt never claims more steps than the resumable state.
-    return [save_checkpoint(full, out / "last.pt"), save_checkpoint(gen, out / "generator.pt"),
-            write_losses_csv(history, out / "losses.csv")]
+    return [save_checkpoint(full, out / "last.pt"), write_losses_csv(history, out / "losses.csv")]
 
 
 def _restore(gan: DCGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,

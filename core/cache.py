@@ -48,12 +48,14 @@ from hpatk.core.cache_file import (
     FORMAT,
     FORMAT_VERSION,
     PREPROCESS_VERSION,
+    SYN,
     CacheIndex,
+    open_h5,
     read_cache_index,
     read_cache_meta,
+    strings,
+    synthetic_batches,
 )
-
-from hpatk.core.cache_file import SYN, open_h5, strings, synthetic_batches
 from hpatk.core.cache_read import CacheDataset
 from hpatk.core.cache_synthetic import add_synthetic, ids_digest, remove_synthetic
 from hpatk.core.classes import NUM_CLASSES

@@ -284,9 +284,11 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
     syn_rows = None
     if choice.synth is not None:  # before seeding: fitting generators draws random numbers
-        syn_rows = synthesize_fold(plan, fold, run_dir, choice,
-                                   per_class_n=cfg.synthetic_per_class, seed=cfg.seed,
-                                   source=cfg.synthetic_source).rows
+        # rank 0 fits and samples; the other ranks then find every sample in the cache
+        with ddp.main_first("fitting the generators"):
+            syn_rows = synthesize_fold(plan, fold, run_dir, choice,
+                                       per_class_n=cfg.synthetic_per_class, seed=cfg.seed,
+                                       source=cfg.synthetic_source, write=ddp.is_main()).rows
     seed_everything(cfg.seed)
     train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic_rows=syn_rows)
     st.n_synthetic = n_syn

@@ -324,7 +324,7 @@ def _say(msg: str) -> None:
 
 def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
                     per_class_n: int, seed: int, source: str = "fit",
-                    progress: bool = True) -> FoldSynthetic:
+                    progress: bool = True, write: bool = True) -> FoldSynthetic:
     """Synthetic images for training ``fold``: fit (or reuse) generators on exactly its
     training images, sample ``per_class_n`` per class into the cache, and return the rows.
 
@@ -335,7 +335,7 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     on the Ids stored with each batch, whatever produced it.
 
     Writes ``run_dir/synthetic/class_XX.png`` (real vs synthetic) and
-    ``run_dir/synthetic.csv``.
+    ``run_dir/synthetic.csv`` (unless ``write`` is False: DDP ranks other than 0).
     """
     from hpatk.core.cache import read_cache_meta, synthetic_info
 
@@ -344,7 +344,7 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     fold_ids = {plan.ids[r] for r in train_rows}
     classes = [int(c) for c in plan.classes]
     safe, refused = _safe_batches(plan.path, classes, fold_ids)
-    for batch, why in refused:
+    for batch, why in refused if write else ():
         _say(f"fold {fold}: not using synthetic/{batch['batch']} ({batch['n']} images of class "
              f"{batch['class_index']}, generator {batch['generator']}): {why}")
     if source == "cache":
@@ -362,7 +362,8 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
                             "synthesizer": "(cache)", "key": "", "train_images": "",
                             "samples": n, "source": "cache", "seconds": 0.0,
                             "generator": ""})
-        _write_records(run_dir, records)
+        if write:
+            _write_records(run_dir, records)
         return FoldSynthetic(rows, records)
 
     meta = read_cache_meta(plan.path)
@@ -373,7 +374,8 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     records = []
     for targets, rows in groups:
         records += _one_generator(plan, fold, run_dir, choice, store, meta, targets, rows,
-                                  per_class_n=per_class_n, seed=seed, progress=progress)
+                                  per_class_n=per_class_n, seed=seed, progress=progress,
+                                  write=write)
     safe, _ = _safe_batches(plan.path, classes, fold_ids)
     keys = {r["key"] for r in records}
     rows = _cache_rows(plan.path, [b for b in safe if b["key"] in keys], classes,
@@ -383,13 +385,15 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
         raise HpatkError(f"fold {fold}: {want - len(rows)} synthetic images of this run's "
                          f"generators are not fold-safe in '{plan.path}'; remove "
                          f"'{store}' and the cache's synthetic group, then rerun")
-    _write_records(run_dir, records)
+    if write:
+        _write_records(run_dir, records)
     return FoldSynthetic(rows, records)
 
 
 def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store: Path,
                    meta: dict[str, Any], targets: list[int], rows: np.ndarray, *,
-                   per_class_n: int, seed: int, progress: bool) -> list[dict[str, Any]]:
+                   per_class_n: int, seed: int, progress: bool,
+                   write: bool = True) -> list[dict[str, Any]]:
     """Fit or reuse the generator of ``targets`` on ``rows``; sample what is missing."""
     from hpatk.core.cache import ids_digest, synthetic_info
 
@@ -442,9 +446,10 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
                         "samples": per_class_n, "source": source,
                         "seconds": round(time.monotonic() - t0, 1),
                         "generator": str(gen_path)})
-    _grids(plan, run_dir, key, targets, rows, choice.synth, fold)
-    _say(f"fold {fold}: {what}: {per_class_n} synthetic images per class ({source}, "
-         f"{time.monotonic() - t0:.0f}s)")
+    if write:
+        _grids(plan, run_dir, key, targets, rows, choice.synth, fold)
+        _say(f"fold {fold}: {what}: {per_class_n} synthetic images per class ({source}, "
+             f"{time.monotonic() - t0:.0f}s)")
     return records
 
 

@@ -362,7 +362,7 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
 @click.option("--size", type=int, help="Input size (a dataset folder is cached at it).")
 @click.option("--real-per-class", type=int, help="Subsample about N real training images per "
               "class (the scarce-data regime); both arms and the generators see the same ones.")
-@click.option("--aug-param", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+@click.option("--aug-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Parameter of the compared augmentation (repeatable).")
 @click.option("--loss", help="[default: the recipe's focal]")
 @click.option("--lr", type=float, help="[default: the recipe's]")

@@ -17,7 +17,7 @@ The rules, applied by :func:`configure_threads`:
 - ``OMP_WAIT_POLICY=PASSIVE`` unless set: it must be in the environment before torch is
   imported (OpenMP reads it once), which the ``hpatk`` command line guarantees;
 - one inter-op thread (hpatk launches no inter-op work), and ONNX Runtime sessions take
-  the same intra-op count, without spinning (:mod:`hpatk.export.runtime`).
+  the same intra-op count, without spinning (see the export package's runtime).
 
 DataLoader workers already run one torch thread each, and the cache builder's worker
 processes one OpenCV/torch thread each, so neither multiplies the pool.

@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from hpatk.core import get_registry
+    from hpatk.plugins.augment_gan.dcgan import DCGAN
     from hpatk.plugins.augment_gan.trainer import GanTrainConfig, ImageBank, train_gan
 
     if args.threads:
@@ -43,9 +43,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bank = ImageBank(rng.integers(0, 256, (256, 4, args.size, args.size), dtype=np.uint8),
                      size=args.size)
-    reg = get_registry()
-    gans = {w: reg.augmentations.create("dcgan", channels=4, image_size=args.size, width=w)
-            for w in widths}
+    gans = {w: DCGAN(channels=4, image_size=args.size, width=w) for w in widths}
     best = {w: 0.0 for w in widths}
 
     def run(w: int, steps: int) -> float:

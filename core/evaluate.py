@@ -254,11 +254,10 @@ def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
 
 def _read_run_folds(path: Path) -> dict[str, int]:
     from hpatk.core.folds import read_folds
-    from hpatk.core.train_data import _as_fold_map
 
     if not path.exists():
         raise HpatkError(f"run folder has no '{path.name}'; cannot find the validation fold")
-    return _as_fold_map(read_folds(path))
+    return read_folds(path)
 
 
 def _concat(parts: list[Predictions]) -> Predictions:

@@ -95,16 +95,16 @@ class ExportResult:
 
 
 Exporter = Callable[[dict[str, Any], ExportOptions], ExportSpec]
-_EXPORTERS: dict[str, Exporter] = {}
+KIND_EXPORTERS: dict[str, Exporter] = {}  # checkpoint kind -> exporter (register_exporter)
 
 
 def register_exporter(kind: str) -> Callable[[Exporter], Exporter]:
     """Decorator: ``fn(ckpt, options) -> ExportSpec`` exports checkpoints of ``kind``."""
 
     def add(fn: Exporter) -> Exporter:
-        if kind in _EXPORTERS and _EXPORTERS[kind] is not fn:
+        if kind in KIND_EXPORTERS and KIND_EXPORTERS[kind] is not fn:
             raise ValueError(f"an exporter for checkpoint kind '{kind}' is already registered")
-        _EXPORTERS[kind] = fn
+        KIND_EXPORTERS[kind] = fn
         return fn
 
     return add
@@ -112,7 +112,7 @@ def register_exporter(kind: str) -> Callable[[Exporter], Exporter]:
 
 def exporter_kinds() -> list[str]:
     """Checkpoint kinds that can be exported."""
-    return sorted(_EXPORTERS)
+    return sorted(KIND_EXPORTERS)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -156,10 +156,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
         raise HpatkError(f"--out '{out}' is a folder; give a file name like model.onnx")
     ckpt = load_checkpoint(checkpoint)
     kind = ckpt["kind"]
-    if kind not in _EXPORTERS:
+    if kind not in KIND_EXPORTERS:
         raise HpatkError(f"checkpoint '{checkpoint}': no exporter for kind '{kind}' "
                          f"(known: {', '.join(exporter_kinds())})")
-    spec = _EXPORTERS[kind](ckpt, ExportOptions(output=output, size=size))
+    spec = KIND_EXPORTERS[kind](ckpt, ExportOptions(output=output, size=size))
     spec.module.eval()
     calib = _calibration(quantize, calibration, calibration_n, kind, spec.metadata)
     if verify:  # first: fail fast, before a possibly slow trace
@@ -436,8 +436,13 @@ def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
-def _classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],
-                      probabilities: bool) -> torch.nn.Module:
+def classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],
+                     probabilities: bool) -> torch.nn.Module:
+    """What an exported classifier computes: normalise, the model, optionally sigmoid.
+
+    Shape:
+        images float (B, C, H, W) in [0, 1] -> (B, K) probabilities or logits.
+    """
     import torch
 
     class ClassifierGraph(torch.nn.Module):
@@ -456,8 +461,8 @@ def _classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float
     return ClassifierGraph().eval()
 
 
-def _image_inputs(n: int, seed: int, mean: list[float], std: list[float],
-                  size: int) -> np.ndarray:
+def image_inputs(n: int, seed: int, mean: list[float], std: list[float],
+                 size: int) -> np.ndarray:
     """Varied float32 (n, C, S, S) images in [0, 1]: noise at the training statistics,
     smooth blobs like cells, and uniform noise (in-distribution and beyond)."""
     rng = np.random.default_rng(seed)
@@ -518,7 +523,7 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
     mean = [float(v) for v in norm["mean"]]
     std = [float(v) for v in norm["std"]]
     probabilities = options.output == "probabilities"
-    graph = _classifier_graph(_build_classifier(ckpt), mean, std, probabilities)
+    graph = classifier_graph(_build_classifier(ckpt), mean, std, probabilities)
     meta = {
         "classes": classes, "class_names": names,
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
@@ -528,7 +533,7 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
     }
     return ExportSpec(
         module=graph, input_name="images", output_name=options.output,
-        make_inputs=lambda n, seed: _image_inputs(n, seed, mean, std, size), metadata=meta,
+        make_inputs=lambda n, seed: image_inputs(n, seed, mean, std, size), metadata=meta,
         summary=f"{meta['backbone']} classifier, {c} stains x {size} px -> {k} "
                 f"{options.output}",
         degenerate=lambda y: _varies(y, saturating=probabilities))

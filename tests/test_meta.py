@@ -85,3 +85,47 @@ def test_every_command_has_help_with_an_example():
 def test_every_command_is_in_the_readme():
     for name, _ in _all_commands():
         assert f"hpatk {name}" in README, f"'hpatk {name}' is not documented in README.md"
+
+
+def _private_uses(source: str, where: str) -> list[str]:
+    """``from hpatk.x import _name`` and ``module._name`` (module an hpatk module or
+    name) in one file's ``source``: private names used outside the module defining them."""
+    import ast
+
+    tree = ast.parse(source, where)
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hpatk"):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{where}:{node.lineno}: from {node.module} "
+                                 f"import {alias.name}")
+                modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names
+                        if a.name.startswith("hpatk")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{where}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_names_across_modules():
+    """A name starting with ``_`` is used only in its own module: what others need gets a
+    public name (tests and benchmarks included)."""
+    found = []
+    for folder in ("core", "plugins", "cli", "export", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += _private_uses(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def test_the_private_name_check_can_fail():
+    source = ("from hpatk.core.cache_file import _validate, open_h5\n"
+              "from hpatk.core import io\nimport hpatk.core.engine as eng\n"
+              "io._hidden\neng._train_fold\nio.__doc__\nother._fine\n")
+    assert _private_uses(source, "x.py") == [
+        "x.py:1: from hpatk.core.cache_file import _validate", "x.py:4: io._hidden",
+        "x.py:5: eng._train_fold"]

@@ -40,10 +40,10 @@ def make_realistic(model, size: int, in_chans: int = 4, seed: int = 0):
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.momentum = None  # cumulative average over the calibration batches
-    from hpatk.export.onnx import _image_inputs
+    from hpatk.export.onnx import image_inputs
 
     def batch(n: int, seed: int):  # images like the export's parity inputs, normalised
-        x = torch.from_numpy(_image_inputs(n, seed, MEAN, STD, size))
+        x = torch.from_numpy(image_inputs(n, seed, MEAN, STD, size))
         return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
     model.train()
@@ -292,14 +292,14 @@ def _swap_exporter(monkeypatch, module):
     """Export ``module`` instead of the checkpoint's classifier."""
     from hpatk.export import onnx as onnx_export
 
-    original = onnx_export._EXPORTERS["classifier"]
+    original = onnx_export.KIND_EXPORTERS["classifier"]
 
     def spec(ckpt, options):
         s = original(ckpt, options)
         s.module = module
         return s
 
-    monkeypatch.setitem(onnx_export._EXPORTERS, "classifier", spec)
+    monkeypatch.setitem(onnx_export.KIND_EXPORTERS, "classifier", spec)
 
 
 class _TraceDependent(torch.nn.Module):
@@ -396,7 +396,7 @@ def test_random_init_deep_net_is_degenerate(tmp_path, monkeypatch):
     ckpt = classifier_ckpt(tmp_path / "ck.pt", size=32)
     torch.manual_seed(0)
     raw = get_registry().backbones.create("inceptionv4", num_classes=28, in_chans=4).eval()
-    graph = onnx_export._classifier_graph(raw, MEAN, STD, probabilities=True)
+    graph = onnx_export.classifier_graph(raw, MEAN, STD, probabilities=True)
     _swap_exporter(monkeypatch, graph)
     monkeypatch.setitem(ckpt, "size", 75)
     save_checkpoint(ckpt, tmp_path / "ck.pt")
@@ -525,7 +525,7 @@ def test_exporter_registry():
     assert exporter_kinds() == ["classifier", "generator"]
     with pytest.raises(ValueError, match="already registered"):
         register_exporter("classifier")(lambda ckpt, options: None)
-    assert onnx_export._EXPORTERS["classifier"] is onnx_export.classifier_spec
+    assert onnx_export.KIND_EXPORTERS["classifier"] is onnx_export.classifier_spec
 
 
 # -- the command ------------------------------------------------------------------------

@@ -13,17 +13,16 @@ from hpatk.core import threads
 
 
 @pytest.fixture
-def clean_threads():
+def clean_threads(monkeypatch):
     """Restore the environment, torch's thread count and the configured count."""
     import torch
 
     saved_env, saved_n = dict(os.environ), torch.get_num_threads()
-    saved_conf = threads._configured
+    monkeypatch.setattr(threads, "_configured", None)  # nothing configured; put back after
     yield
     os.environ.clear()
     os.environ.update(saved_env)
     torch.set_num_threads(saved_n)
-    threads._configured = saved_conf
 
 
 def test_default_respects_omp_num_threads(clean_threads, monkeypatch):

@@ -52,7 +52,7 @@ def realistic_checkpoint(backbone: str, size: int, path: Path) -> dict[str, Any]
     from hpatk.core import __version__, get_registry
     from hpatk.core.checkpoint import save_checkpoint
     from hpatk.core.classes import CLASS_NAMES, STAINS
-    from hpatk.export.onnx import _image_inputs
+    from hpatk.export.onnx import image_inputs
 
     torch.manual_seed(0)
     model = get_registry().backbones.create(backbone, num_classes=28, in_chans=4)
@@ -60,7 +60,7 @@ def realistic_checkpoint(backbone: str, size: int, path: Path) -> dict[str, Any]
     for bn in bns:
         bn.momentum = None  # cumulative average over the calibration batches
     def batch(seed: int) -> torch.Tensor:  # the export's own varied inputs, normalised
-        x = torch.from_numpy(_image_inputs(4, seed, MEAN, STD, size))
+        x = torch.from_numpy(image_inputs(4, seed, MEAN, STD, size))
         return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
     model.train()
@@ -88,10 +88,10 @@ def torch_variants(ckpt: dict[str, Any]) -> dict[str, Any]:
     """name -> callable(x numpy) for the two eager configurations of the exported graph."""
     import torch
     from hpatk.core.checkpoint import build_classifier
-    from hpatk.export.onnx import _classifier_graph
+    from hpatk.export.onnx import classifier_graph
 
-    nchw = _classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
-    cl = _classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
+    nchw = classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
+    cl = classifier_graph(build_classifier(ckpt), MEAN, STD, probabilities=True).eval()
     cl = cl.to(memory_format=torch.channels_last)
 
     def run_nchw(x: np.ndarray) -> np.ndarray:

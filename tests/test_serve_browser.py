@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,7 +157,9 @@ def test_page_predicts_like_the_api_and_hpatk_predict(live_server, data, browser
         assert left and float(left.group(1)) == pytest.approx(100 * t, abs=0.01), r["thr"]
     natural = page.eval_on_selector("#composite", "img => [img.naturalWidth, img.complete]")
     assert natural == [32, True]  # the model's input size: what the model sees
-    shot = tmp_path / "serve_page.png"
+    # $HPATK_TEST_ARTIFACTS keeps it past pytest's rotation of its temporary folders
+    shot = Path(os.environ.get("HPATK_TEST_ARTIFACTS") or tmp_path) / "serve_page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     print(f"\nscreenshot of the hpatk serve page: {shot}")
     assert shot.stat().st_size > 10_000

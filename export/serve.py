@@ -295,7 +295,7 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
             state["pool"].shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="hpatk serve", version=str(meta.get("hpatk_version", "")),
-                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # their pages use a CDN
     app.state.clf, app.state.options, app.state.metrics = clf, opts, metrics
 
     known = {"/", "/healthz", "/readyz", "/metrics", "/v1/metadata", "/v1/predict"}

@@ -254,6 +254,8 @@ def test_page_is_self_contained(client):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert not re.search(r"""fetch\(\s*[`"']https?:""", html)
     assert "@import" not in html
+    assert client.get("/docs").status_code == 404  # FastAPI's docs page loads a CDN's JS
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
 # -- bad input --------------------------------------------------------------------------

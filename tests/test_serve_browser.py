@@ -44,6 +44,11 @@ def chromium_path() -> str | None:
     return None
 
 
+if chromium_path() is None:
+    pytest.skip("no Chromium executable (/usr/bin/chromium or chromium on PATH): "
+                "apt-get install chromium", allow_module_level=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,9 +102,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def browser_page(tmp_path):
     exe = chromium_path()
-    if exe is None:
-        pytest.skip("no Chromium executable (/usr/bin/chromium or chromium on PATH): "
-                    "apt-get install chromium")
+    assert exe is not None  # the module is skipped without one
     with sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=exe, headless=True,

@@ -208,26 +208,46 @@ def _counts_section(facts: DemoFacts) -> list[Block]:
         text += " and " + ", ".join(f"{n} synthetic images of class {k}" for k, n in per.items())
     b.append(("p", text + "."))
     train = _step(facts, "train")
-    used = _lines_matching(train.output, r"training images") if train else []
+    used = _lines_matching(train.output, r"^fold \S+: \d+ training images") if train else []
     if used:
         b.append(("p", "Training used: " + used[0].split(": ", 1)[-1] + "."))
     return b
 
 
 def _gan_section(facts: DemoFacts) -> list[Block]:
-    """Real images beside GAN samples, from the grids ``hpatk train --aug gan`` saved."""
+    """Real images beside GAN samples: the training run's per-class grids (real images on
+    top, samples below) and its generator records, else the grids a GAN step saved."""
     out = facts.out
     grids = sorted(out.glob("**/synthetic/class_*.png"))
-    if not grids:
+    real = sorted(out.glob("**/samples_real.png"))
+    if not grids and not real:
         return []
     b: list[Block] = [("h2", "4. GAN augmentation: real images and synthetic samples")]
-    b.append(("p", "`hpatk train --aug gan` fitted one DCGAN per class on exactly the fold's "
-                   "training images and added its samples to the training set. Each picture: "
-                   "real training images (top row) and that class's samples (below); "
-                   "`synthetic.csv` in the run folder lists the generators."))
-    for path in grids:
-        b.append(("img", path, f"{path.stem}: real and synthetic"))
-    for name in ("gan_quality.md", "quality.md", "evaluation.md"):  # hpatk gan evaluate
+    if grids:
+        b.append(("p", "Per class: real training images of the fold (top row) and the "
+                       "generator's samples that joined the training set (rows below)."))
+        b += [("img", path, path.stem) for path in grids]
+        for records in sorted(out.glob("**/synthetic.csv")):
+            rows = _read_csv(records)
+            cols = [c for c in ("class", "name", "synthesizer", "train_images", "samples",
+                                "source", "seconds") if rows and c in rows[0]]
+            if rows and cols:
+                b.append(("p", f"Generators (`{_rel(records, out)}`): the training images each "
+                               f"was fitted on, the samples it added, fitted or reused."))
+                b.append(("table", cols, [[r[c] for c in cols] for r in rows]))
+    else:
+        for path in real:
+            folder = path.parent
+            fakes = sorted(folder.glob("samples_step*.png"),
+                           key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+            b.append(("p", f"`{_rel(folder, out)}`: real training images, then the "
+                           f"generator's samples after its last step."))
+            b.append(("img", path, "real images"))
+            if fakes:
+                b.append(("img", fakes[-1], "GAN samples"))
+            if (folder / "losses.png").is_file():
+                b.append(("img", folder / "losses.png", "GAN losses"))
+    for name in ("gan_quality.md", "quality.md"):  # `hpatk gan evaluate`'s table, if any
         for table in sorted(out.glob(f"**/{name}")):
             b.append(("code", table.read_text(encoding="utf-8").strip()))
     return b

@@ -37,6 +37,7 @@ def demo_folder(tmp_path, synth_cache_with_synthetic):
     steps = [
         StepRecord(["data", "synth", "d"], 3.25, "wrote d: 100 train + 25 test images\n"),
         StepRecord(["train", "--data", "c.h5", "--aug", "gan"], 40.0,
+                   "fold 0: class 0 (Nucleoplasm): fitting dcgan on 30 training images\n"
                    "fold 0: 80 training images (12 synthetic), 20 validation, 5 classes, "
                    "resnet18 on cpu\nfold 0: epoch 1/2:  50% 1/2 batch\n"
                    "fold 0: epoch 1/2: loss 0.2 val_loss 0.3\nfold 0: best macro F1 0.5\n"),
@@ -76,6 +77,19 @@ def test_report_tells_the_story_in_order(demo_folder):
     # training: the epoch summaries and the result, not the progress lines
     assert "```\nfold 0: epoch 1/2: loss 0.2 val_loss 0.3\nfold 0: best macro F1 0.5\n```" in md
     assert "50% 1/2 batch" not in md
+
+
+def test_the_runs_synthetic_grids_come_first(demo_folder):
+    run = demo_folder.out / "run"
+    _png(run / "synthetic" / "class_00.png", 80)
+    _png(run / "synthetic" / "class_25.png", 90)
+    (run / "synthetic.csv").write_text(
+        "fold,class,name,synthesizer,key,train_images,samples,source,seconds,generator\n"
+        "0,0,Nucleoplasm,dcgan,abc,30,200,fitted,12.5,g.pt\n")
+    md = write_demo_report(demo_folder)[0].read_text()
+    assert "run/synthetic/class_00.png" in md and "run/synthetic/class_25.png" in md
+    assert "samples_real.png" not in md  # the run's grids replace the per-step ones
+    assert "| 0 | Nucleoplasm | dcgan | 30 | 200 | fitted | 12.5 |" in md
 
 
 def test_html_is_self_contained(demo_folder):

@@ -195,6 +195,7 @@ def _counts_section(facts: DemoFacts) -> list[Block]:
     if not cache.is_file():
         return []
     from hpatk.core.cache import cache_labels, synthetic_info
+    from hpatk.core.classes import CLASS_NAMES
 
     real = len(cache_labels(cache))
     syn = synthetic_info(cache)
@@ -205,7 +206,8 @@ def _counts_section(facts: DemoFacts) -> list[Block]:
         per = {}
         for k in syn["class_index"].tolist():
             per[k] = per.get(k, 0) + 1
-        text += " and " + ", ".join(f"{n} synthetic images of class {k}" for k, n in per.items())
+        text += (f" and {n_syn} synthetic images: "
+                 + ", ".join(f"{n} of {CLASS_NAMES[k]} ({k})" for k, n in per.items()))
     b.append(("p", text + "."))
     train = _step(facts, "train")
     used = _lines_matching(train.output, r"^fold \S+: \d+ training images") if train else []

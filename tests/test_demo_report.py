@@ -65,7 +65,8 @@ def test_report_tells_the_story_in_order(demo_folder):
     md = md_path.read_text()
     heads = re.findall(r"^## (.*)$", md, re.M)
     assert [h.split(".")[0] for h in heads] == ["1", "2", "3", "4", "5", "6", "7"]
-    assert "The cache holds 96 real images" in md and "3 synthetic images of class 0" in md
+    assert "The cache holds 96 real images" in md
+    assert "and 3 synthetic images: 3 of Nucleoplasm (0)." in md
     assert "Training used: 80 training images (12 synthetic), 20 validation" in md
     assert "ONNX Runtime ran with: CPUExecutionProvider." in md
     assert "| 25 | 0.610 | 0.700 |" in md

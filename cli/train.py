@@ -377,8 +377,10 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
               "same for both arms. [default: 0]")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @threads_option
+@dist_options
 def gan_vs_classic(data: str, augs: str, recipe: str, fold_subset: list[int] | None, out: str,
-                   aug_param: dict[str, Any] | None, **options: Any) -> None:
+                   aug_param: dict[str, Any] | None, dist_backend: str, dist_timeout: float,
+                   **options: Any) -> None:
     """Tables 2/3: classic vs classic + synthetic augmentation on the same folds.
 
     Both arms train every fold with the same seed and settings (the recipe, default
@@ -395,11 +397,15 @@ def gan_vs_classic(data: str, augs: str, recipe: str, fold_subset: list[int] | N
       hpatk experiment gan-vs-classic --data cache.h5 --aug gan,cdcgan --size 64 \\
           --real-per-class 60 --folds 3 --epochs 5 --backbone resnet18 --out t23-small
     """
+    from hpatk.core.distributed import distributed, is_main
     from hpatk.core.experiment_aug import run_aug_experiment
     from hpatk.core.train_config import TrainConfig
 
     names = [a.strip() for a in augs.split(",") if a.strip()]
     base = experiment_config(TrainConfig(data=data, out=out), recipe, options)
-    run_aug_experiment(base, names, out, fold_subset=fold_subset, device=base.device,
-                       aug_params=aug_param)
+    with distributed(dist_backend, dist_timeout, device=base.device):
+        run_aug_experiment(base, names, out, fold_subset=fold_subset, device=base.device,
+                           aug_params=aug_param)
+        if not is_main():
+            return
     click.echo((Path(out) / "table.md").read_text())

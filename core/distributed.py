@@ -15,6 +15,7 @@ backend of the gradients is.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,9 +123,12 @@ def distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
             else dist.group.WORLD
         _current = Dist(rank, world, local_rank, backend)
         yield _current
-    except dist.DistError as exc:
-        raise HpatkError(f"rank {rank}: lost the other processes ({_first_line(exc)}); "
-                         f"the first error above says why") from exc
+    except RuntimeError as exc:
+        if not _lost_peer(exc):
+            raise
+        why = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc)).split(". ")[0][:120]
+        raise HpatkError(f"rank {rank}: stopped, another process failed or was lost "
+                         f"({why}); its error is above") from exc
     finally:
         _current, _cpu_group = Dist(), None
         try:
@@ -316,6 +320,18 @@ def check_divides(batch_sizes: list[int], option: str = "--batch-size") -> None:
 def spread(jobs: list[Any]) -> list[Any]:
     """This rank's share of ``jobs``, round robin (all of them in a single process)."""
     return jobs[_current.rank::_current.world_size]
+
+
+# what gloo and NCCL say when a peer died (DDP's gradient hook raises plain RuntimeError)
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "NCCL", "timed out",
+              "Timed out", "Broken pipe")
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """True for a collective that failed because another rank is gone or stuck."""
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or any(p in str(exc) for p in _PEER_LOST)
 
 
 def _first_line(exc: BaseException) -> str:

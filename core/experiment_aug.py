@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hpatk.core import distributed as ddp
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open, atomic_path
 from hpatk.core.train_config import TrainConfig
@@ -59,23 +60,32 @@ def run_aug_experiment(base: TrainConfig, augs: list[str], out: str | os.PathLik
             reg.augmentations.get(a)  # raises, with a did-you-mean
     out.mkdir(parents=True, exist_ok=True)
     folds_csv = out / "folds.csv"
-    if not folds_csv.exists():
-        write_run_folds(plan_data(base.replace(fold=folds[0])), folds_csv)
-    results: list[dict[str, Any]] = []
-    for k in folds:
-        for aug in arms:
-            run_dir = out / "runs" / aug / f"fold_{k}"
-            arm = ({"aug": aug} if aug == base.aug or aug == BASELINE
-                   else {"aug": aug, "aug_params": dict(aug_params or {})})
-            cfg = base.override(**arm, fold=k, out=str(run_dir), folds_file=str(folds_csv))
-            done = (run_dir / "thresholds.json").exists() and len(
-                read_metrics(run_dir / "metrics.csv")) >= cfg.epochs
+    with ddp.main_first("assigning the folds"):
+        if ddp.is_main() and not folds_csv.exists():
+            write_run_folds(plan_data(base.replace(fold=folds[0])), folds_csv)
+    jobs = [(k, aug) for k in folds for aug in arms]
+    mine: list[dict[str, Any]] = []
+    for k, aug in ddp.spread(jobs):  # under torchrun: this rank's share, round robin
+        run_dir = out / "runs" / aug / f"fold_{k}"
+        arm = ({"aug": aug} if aug == base.aug or aug == BASELINE
+               else {"aug": aug, "aug_params": dict(aug_params or {})})
+        cfg = base.override(**arm, fold=k, out=str(run_dir), folds_file=str(folds_csv))
+        done = (run_dir / "thresholds.json").exists() and len(
+            read_metrics(run_dir / "metrics.csv")) >= cfg.epochs
+        with ddp.single_process():  # a job of its own: it writes its run folder
             if not done:
                 train(cfg, resume=(run_dir / "last.pt").exists())
             for split, m in score_run(cfg, run_dir, device=device).items():
-                results.append({"aug": aug, "fold": k, "split": split, **m})
-            write_results(out, results)
-    write_tables(out, results, arms)
+                mine.append({"aug": aug, "fold": k, "split": split, **m})
+        if not ddp.current().enabled:  # one process: results.csv grows job by job
+            write_results(out, mine)
+    ddp.barrier(ddp.JOIN_WAIT_S)  # every rank's jobs are done
+    order = {job: i for i, job in enumerate(jobs)}
+    results = sorted((r for part in ddp.all_objects(mine) for r in part),
+                     key=lambda r: (order[(r["fold"], r["aug"])], SPLITS.index(r["split"])))
+    if ddp.is_main():
+        write_results(out, results)
+        write_tables(out, results, arms)
     return results
 
 

@@ -39,23 +39,26 @@ class HpatkGroup(click.Group):
 
     _plugins_added = False
 
-    def _add_plugin_commands(self) -> None:
+    def add_plugin_commands(self) -> None:
+        """Add the plugins' commands (once per registry); a name a built-in command or
+        an earlier plugin has is refused (``hpatk plugins`` says so)."""
         if self._plugins_added:
             return
         self._plugins_added = True
         from hpatk.core.registry import get_registry
 
-        get_registry().add_commands(self)
+        self.commands.clear()  # built-ins load from BUILTIN_COMMANDS: these are plugins'
+        get_registry().add_commands(self, builtin=BUILTIN_COMMANDS)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._add_plugin_commands()
+        self.add_plugin_commands()
         return sorted({*BUILTIN_COMMANDS, *self.commands})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in BUILTIN_COMMANDS:
             module, attr = BUILTIN_COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
-        self._add_plugin_commands()
+        self.add_plugin_commands()
         return self.commands.get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -68,11 +71,10 @@ class HpatkGroup(click.Group):
 
 
 def _set_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value:
-        from hpatk.core.registry import reset_registry
+    if value:  # the option, or HPATK_PLUGINS_DIR through click's envvar
+        from hpatk.core.registry import set_plugin_dirs
 
-        os.environ["HPATK_PLUGINS_DIR"] = value
-        reset_registry()
+        set_plugin_dirs([p for p in value.split(os.pathsep) if p])
         if isinstance(ctx.command, HpatkGroup):
             ctx.command._plugins_added = False
 

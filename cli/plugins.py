@@ -15,12 +15,17 @@ from hpatk.core.registry import KINDS, get_registry
 def plugins(fmt: str) -> None:
     """List plugins: name, distribution, version, hooks, status.
 
-    A plugin that failed to import is listed as broken, with its error.
+    A plugin that failed to import is listed as broken, with its error; a plugin
+    command whose name a built-in or another plugin's command has is refused, and
+    listed here.
 
     \b
     Example:
       hpatk plugins --format json
     """
+    root = click.get_current_context().find_root().command
+    if hasattr(root, "add_plugin_commands"):  # commands are collected with the rest
+        root.add_plugin_commands()
     infos = get_registry().plugins()
     if fmt == "json":
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
@@ -35,6 +40,8 @@ def plugins(fmt: str) -> None:
     for i in infos:
         if i.status != "ok":
             click.echo(f"broken plugin '{i.name}': {i.error}", err=True)
+        for line in i.refused:
+            click.echo(line, err=True)
 
 
 @click.command()

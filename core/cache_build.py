@@ -168,10 +168,14 @@ def _preprocessed(refs: Sequence[Any], enhance: str, params: dict[str, Any],
 
     # spawn: no inherited cv2/torch thread state (fork + OpenCV deadlocks); a bounded window
     # of tasks in flight keeps memory flat however slow the writer is.
+    from hpatk.core.registry import plugin_dirs
+
     window = 4 * workers
+    folders = [str(f) for f in plugin_dirs()]  # a --plugins-dir enhancer loads there too
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                              initializer=init_worker,
-                             initargs=(enhance, params, stains, size, os.getpid())) as pool:
+                             initargs=(enhance, params, stains, size, os.getpid(),
+                                       folders)) as pool:
         pending: list[Any] = []
         it = iter(tasks)
         try:

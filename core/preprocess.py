@@ -105,12 +105,18 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def init_worker(enhance: str, params: Mapping[str, Any], stains: Sequence[str], size: int,
-                parent: int | None) -> None:
+                parent: int | None, plugin_dirs: Sequence[str] | None = None) -> None:
     """Set up this process to run :func:`preprocess_refs` (a pool initializer).
 
     ``parent``: exit when that process dies (None: this is the parent itself).
+    ``plugin_dirs``: the parent's plugin folders (``--plugins-dir``), for the enhancer.
     """
     import cv2
+
+    if plugin_dirs is not None:
+        from hpatk.core.registry import set_plugin_dirs
+
+        set_plugin_dirs(plugin_dirs)
 
     if parent is not None:
         os.environ["OMP_NUM_THREADS"] = "1"  # an enhancer on the torch path: one thread

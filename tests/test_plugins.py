@@ -334,3 +334,102 @@ def test_trace_plugins_env(tmp_path):
     out = run_hpatk("registry", "losses", env={"HPATK_TRACE_PLUGINS": "1"})
     assert out.returncode == 0
     assert "hpatk_register_losses" in out.stderr
+
+
+def _command_plugin(name: str, text: str):
+    import click
+
+    class AddsCommand:
+        @hookimpl
+        def hpatk_register_commands(self, cli):
+            @cli.command(name=name)
+            def cmd():
+                """A plugin command."""
+                click.echo(text)
+
+    return AddsCommand()
+
+
+def test_plugin_commands_are_never_shadowed(throwaway_plugin):
+    """A command name a built-in or an earlier plugin has is refused, and the refusal
+    names both plugins; the first command stays reachable."""
+    throwaway_plugin(_command_plugin("hello-test", "first"), "first-plugin")
+    throwaway_plugin(_command_plugin("hello-test", "second"), "second-plugin")
+    reg = throwaway_plugin(_command_plugin("train", "not the engine"), "train-plugin")
+    import click
+
+    group = click.Group(name="hpatk-test")
+    reg.add_commands(group, builtin=["train"])
+    assert "train" not in group.commands
+    result = CliRunner().invoke(group, ["hello-test"])
+    assert result.exit_code == 0 and result.output == "first\n"
+    infos = {p.name: p for p in reg.plugins()}
+    assert infos["first-plugin"].refused == []
+    assert infos["second-plugin"].refused == [
+        "command 'hello-test' of plugin 'second-plugin' refused: 'hello-test' is already the "
+        "command of plugin 'first-plugin'"]
+    assert infos["train-plugin"].refused == [
+        "command 'train' of plugin 'train-plugin' refused: 'train' is already hpatk's "
+        "built-in command"]
+    assert infos["train-plugin"].as_dict()["refused"] == infos["train-plugin"].refused
+
+
+def test_plugins_lists_a_refused_command(tmp_path):
+    folder = _plugins_dir(tmp_path, {"trainer.py": """
+        import click
+        from hpatk.core import hookimpl
+
+        @hookimpl
+        def hpatk_register_commands(cli):
+            @cli.command(name="train")
+            def train():
+                "Not hpatk's."
+    """})
+    out = run_hpatk("--plugins-dir", str(folder), "plugins", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    info = {p["name"]: p for p in json.loads(out.stdout)}["plugins-dir:trainer"]
+    assert info["refused"] == ["command 'train' of plugin 'plugins-dir:trainer' refused: "
+                               "'train' is already hpatk's built-in command"]
+    table = run_hpatk("--plugins-dir", str(folder), "plugins")
+    assert "command 'train' of plugin 'plugins-dir:trainer' refused" in table.stderr
+
+
+def test_plugins_dir_option_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """--plugins-dir hands the folders to the registry; HPATK_PLUGINS_DIR is untouched."""
+    from hpatk.core.registry import plugin_dirs, set_plugin_dirs
+
+    monkeypatch.delenv("HPATK_PLUGINS_DIR", raising=False)
+    folder = _plugins_dir(tmp_path, {"good.py": GOOD})
+    try:
+        result = CliRunner().invoke(cli, ["--plugins-dir", str(folder), "registry",
+                                          "enhancers"])
+        assert result.exit_code == 0, result.output
+        assert "[plugins-dir:good]" in result.output
+        assert "HPATK_PLUGINS_DIR" not in os.environ
+        assert plugin_dirs() == [folder]
+    finally:
+        set_plugin_dirs(None)
+    assert plugin_dirs() == [] and "half" not in get_registry().enhancers
+
+
+@pytest.mark.slow
+def test_plugins_dir_enhancer_reaches_cache_workers(tmp_path, synth_data):
+    """The folders travel to the spawned cache workers as an argument (not through the
+    environment), so a --plugins-dir enhancer preprocesses there too."""
+    import h5py
+    import numpy as np
+
+    folder = _plugins_dir(tmp_path, {"good.py": GOOD})
+    out = tmp_path / "half.h5"
+    env = {k: v for k, v in os.environ.items() if k != "HPATK_PLUGINS_DIR"}
+    r = subprocess.run([*HPATK, "--plugins-dir", str(folder), "cache", "build", str(synth_data),
+                        "--out", str(out), "--enhance", "half", "--size", "32",
+                        "--workers", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "none.h5"
+    r = run_hpatk("cache", "build", str(synth_data), "--out", str(ref), "--enhance", "none",
+                  "--size", "32", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out, "r", locking=False) as a, h5py.File(ref, "r", locking=False) as b:
+        half, plain = a["images"][()].astype(int), b["images"][()].astype(int)
+    assert np.abs(half - plain // 2).max() <= 1 and plain.max() > 100

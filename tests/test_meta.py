@@ -129,3 +129,14 @@ def test_the_private_name_check_can_fail():
     assert _private_uses(source, "x.py") == [
         "x.py:1: from hpatk.core.cache_file import _validate", "x.py:4: io._hidden",
         "x.py:5: eng._train_fold"]
+
+
+def test_every_plugin_kind_has_a_live_registry_smoke_test():
+    """A kind added to the registry gets a smoke test over everything registered for it
+    (tests/test_registry_smoke.py, parametrized over ``REG.<kind>.names()``)."""
+    from hpatk.core.registry import KINDS
+
+    source = (ROOT / "tests" / "test_registry_smoke.py").read_text()
+    for kind in KINDS:
+        assert re.search(rf'@pytest\.mark\.parametrize\("name", [^\n]*REG\.{kind}\.names\(\)',
+                         source), f"no smoke test parametrized over REG.{kind}.names()"

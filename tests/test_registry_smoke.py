@@ -1,5 +1,6 @@
-"""Every registered enhancer, loss, backbone and classic augmentation runs on a tiny
-tensor — parametrized over the live registry, third-party plugins included (timm style)."""
+"""Every registered enhancer, loss, backbone, augmentation and synthesizer runs on tiny
+data — parametrized over the live registry, third-party plugins included (timm style).
+tests/test_meta.py checks every plugin kind has its test here."""
 
 from __future__ import annotations
 
@@ -67,8 +68,15 @@ def test_synthesizer_smoke(name, tmp_path):
     assert np.array_equal(again.sample(3, y, seed=1), out)
 
 
-def test_classic_augmentation_smoke():
-    aug = REG.augmentations.create("classic")
+@pytest.mark.parametrize("name", REG.augmentations.names())
+def test_augmentation_smoke(name):
+    """Every registered augmentation: an nn.Module mapping a float batch in [0, 1] to a
+    batch of the same shape and dtype, finite and in [0, 1]."""
+    torch.manual_seed(0)
+    aug = REG.augmentations.create(name)
+    assert isinstance(aug, torch.nn.Module)
     x = torch.rand(3, 4, 32, 32)
-    y = aug(x)
-    assert y.shape == x.shape
+    with torch.no_grad():
+        y = aug(x.clone())
+    assert y.shape == x.shape and y.dtype == x.dtype and torch.isfinite(y).all()
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0

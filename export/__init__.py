@@ -28,6 +28,7 @@ from hpatk.export.runtime import (
     read_metadata,
     requested_providers,
 )
+from hpatk.export.triton import write_triton_repo
 
 __all__ = [
     "ExportOptions",
@@ -47,4 +48,5 @@ __all__ = [
     "register_exporter",
     "requested_providers",
     "validate_metadata",
+    "write_triton_repo",
 ]

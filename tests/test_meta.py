@@ -140,3 +140,21 @@ def test_every_plugin_kind_has_a_live_registry_smoke_test():
     for kind in KINDS:
         assert re.search(rf'@pytest\.mark\.parametrize\("name", [^\n]*REG\.{kind}\.names\(\)',
                          source), f"no smoke test parametrized over REG.{kind}.names()"
+
+
+def test_architecture_section_matches_the_code():
+    """Every file and every ``pkg.module.name()`` the README's architecture walk names
+    exists, and every module of core/ is in the diagram."""
+    import importlib
+
+    start = README.index("## Architecture")
+    section = README[start:README.index("<!-- /SECTION:architecture -->", start)]
+    for path in re.findall(r"\b(?:core|cli|export)/\w+\.py\b", section):
+        assert (ROOT / path).is_file(), f"README architecture: {path} does not exist"
+    for dotted in re.findall(r"`((?:core|cli|export)(?:\.\w+)+)\(\)`", section):
+        module, name = dotted.rsplit(".", 1)
+        assert hasattr(importlib.import_module(f"hpatk.{module}"), name), dotted
+    named = set(re.findall(r"\b(\w+)\.py\b", section))
+    skip = {"__init__", "version", "errors", "classes"}
+    missing = sorted(p.stem for p in (ROOT / "core").glob("*.py") if p.stem not in named | skip)
+    assert not missing, f"core modules missing from README's architecture diagram: {missing}"

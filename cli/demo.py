@@ -62,13 +62,31 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
             "micro_f1": float(micro_f1(y_true[keep], y_pred[keep]))}
 
 
+def demo_size(backbone: str, size: int | None, default: int = 64) -> int:
+    """The demo's training size: ``size`` when given (refused below the backbone's
+    minimum input size), else ``default`` raised to that minimum (rounded up to 16 px)."""
+    from hpatk.core.engine import backbone_min_size
+    from hpatk.core.errors import HpatkError
+
+    smallest = backbone_min_size(backbone, num_classes=5)
+    if smallest is None:
+        raise HpatkError(f"--backbone {backbone}: takes no input size up to 1024 px")
+    if size is not None:
+        if size < smallest:
+            raise HpatkError(f"--backbone {backbone}: needs images of at least {smallest} px, "
+                             f"and --size gives {size} px; use a larger --size")
+        return size
+    return max(default, -(-smallest // 16) * 16)
+
+
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="demo-run",
               show_default=True, help="Folder for everything the demo writes.")
 @click.option("--n", "n", type=click.IntRange(min=100), default=800, show_default=True,
               help="Synthetic images.")
-@click.option("--size", type=click.IntRange(min=32), default=64, show_default=True,
-              help="Training size in px (images are rendered at 2x).")
+@click.option("--size", type=click.IntRange(min=32), default=None,
+              help="Training size in px (images are rendered at 2x). [default: 64, or the "
+                   "backbone's minimum input size rounded up to 16 px when larger]")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--backbone", default="resnet18", show_default=True,
               help="Any registered backbone (inceptionv4 is the paper's; slower on a CPU).")
@@ -79,8 +97,8 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
               help="Steps of each class's DCGAN.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option
-def demo(out: Path, n: int, size: int, epochs: int, backbone: str, gan: bool, gan_steps: int,
-         seed: int) -> None:
+def demo(out: Path, n: int, size: int | None, epochs: int, backbone: str, gan: bool,
+         gan_steps: int, seed: int) -> None:
     """Run the pipeline end to end on a synthetic dataset (CPU: a few minutes).
 
     Synthesise an HPA-like dataset, check it, compare HE/AHE/CLAHE, cache it with
@@ -95,6 +113,7 @@ def demo(out: Path, n: int, size: int, epochs: int, backbone: str, gan: bool, ga
       hpatk demo --out demo-run
       hpatk demo --out demo-iv4 --backbone inceptionv4 --size 96 --epochs 4 --no-gan
     """
+    size = demo_size(backbone, size)
     data, cache, run = out / "data", out / "cache.h5", out / "run"
     model, submission = out / "model.onnx", out / "submission.csv"
     steps: list[list[str]] = []

@@ -11,6 +11,7 @@ thresholds are tuned on the validation fold with the best macro-F1 model and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -33,6 +34,7 @@ from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.classes import CLASS_NAMES
 from hpatk.core.device import amp_setup, resolve_device
 from hpatk.core.errors import HpatkError
+from hpatk.core.io import make_dirs, remove_stale_temps, writer_lock
 from hpatk.core.metrics import classification_metrics, predicted_metrics
 from hpatk.core.progress import progress
 from hpatk.core.registry import get_registry
@@ -113,6 +115,18 @@ def _diverged(message: str) -> HpatkError:
     return TrainingDiverged(message) if ddp.is_main() else ddp.StoppedByPeer(message)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if isinstance(exc, HpatkError):
+        return line
+    return f"{type(exc).__name__}: {line}".rstrip(": ")
+
+
+def _shown(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
                 pretrained: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone from the registry and its checkpoint ``model`` spec."""
@@ -123,12 +137,24 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
     try:
         model = reg.backbones.create(cfg.backbone, num_classes=num_classes, in_chans=in_chans,
                                      pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        raise HpatkError(f"--backbone {cfg.backbone}: does not accept these options "
-                         f"({', '.join(kwargs) or 'none'}): {exc}") from exc
+    except Exception as exc:
+        if isinstance(exc, HpatkError) and (str(exc).startswith("--") or not kwargs):
+            raise  # names its option already (--pretrained, --head, ...)
+        given = f" {_shown(cfg.backbone_params)}" if cfg.backbone_params else ""
+        raise HpatkError(f"{cfg.where('backbone_params')}{given}: backbone '{cfg.backbone}' "
+                         f"cannot be built with these options: {_first_line(exc)}") from exc
     spec = {"backbone": reg.backbones.canonical(cfg.backbone), "num_classes": num_classes,
             "in_chans": in_chans, "kwargs": kwargs}
     return model, spec
+
+
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    """The registered loss with ``loss_params``; bad parameters are one line naming them."""
+    try:
+        return get_registry().losses.create(cfg.loss, **cfg.loss_params)
+    except Exception as exc:
+        raise HpatkError(f"{cfg.where('loss_params')} {_shown(cfg.loss_params)}: loss "
+                         f"'{cfg.loss}' refuses them: {_first_line(exc)}") from exc
 
 
 def build_augment(cfg: TrainConfig) -> nn.Module | None:
@@ -142,15 +168,113 @@ def build_augment(cfg: TrainConfig) -> nn.Module | None:
         return None
     try:
         aug = get_registry().augmentations.create(choice.batch, **choice.batch_params)
-    except HpatkError:
-        raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise HpatkError(f"--aug {choice.batch} ({', '.join(choice.batch_params) or 'no '}"
-                         f"parameters): {type(exc).__name__}: {first}") from None
+        raise HpatkError(f"{cfg.where('aug_params')} {_shown(choice.batch_params)}: "
+                         f"augmentation '{choice.batch}' refuses them: {_first_line(exc)}"
+                         ) from exc
     if not isinstance(aug, nn.Module):
         raise HpatkError(f"--aug {choice.batch}: not a batch augmentation (nn.Module)")
     return aug
+
+
+def _forward_error(model: nn.Module, in_chans: int, size: int,
+                   batch: int = 1) -> BaseException | None:
+    """The exception ``model`` raises on a random (batch, in_chans, size, size) input,
+    or None when it gives logits."""
+    try:
+        with torch.no_grad():
+            model(torch.rand(batch, in_chans, size, size))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        return exc
+    return None
+
+
+def min_input_size(model: nn.Module, in_chans: int, *, start: int = 16,
+                   upto: int = 1024) -> int | None:
+    """The smallest square input size ``model`` accepts, at least ``start``: timm's
+    ``pretrained_cfg["min_input_size"]`` when it says, else forward passes in eval mode
+    (sizes doubled from ``start`` until one works, then a binary search). None when no
+    size up to ``upto`` works."""
+    cfg_min = (getattr(model, "pretrained_cfg", None) or {}).get("min_input_size")
+    if cfg_min:
+        return int(cfg_min[-1])
+    was_training = model.training
+    model.eval()
+    try:
+        if _forward_error(model, in_chans, start) is None:
+            return start
+        lo, hi = start, start * 2  # lo fails, hi is tried next
+        while _forward_error(model, in_chans, hi) is not None:
+            if hi >= upto:
+                return None
+            lo, hi = hi, min(hi * 2, upto)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _forward_error(model, in_chans, mid) is None:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+    finally:
+        model.train(was_training)
+
+
+def backbone_min_size(name: str, *, in_chans: int = 4, num_classes: int = 2,
+                      params: dict[str, Any] | None = None) -> int | None:
+    """The smallest input size backbone ``name`` accepts (see :func:`min_input_size`)."""
+    model = get_registry().backbones.create(name, num_classes=num_classes, in_chans=in_chans,
+                                            pretrained=None, **dict(params or {}))
+    return min_input_size(model, in_chans)
+
+
+def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
+                  augment: nn.Module | None, *, in_chans: int, num_classes: int,
+                  size: int, size_from: str) -> None:
+    """Run one tiny batch (2 random images) through ``augment``, ``model`` (train mode,
+    no gradients) and ``loss_fn``; a failure is one line naming the option behind it.
+
+    Args:
+        size_from: what chose ``size``, for the message (``--size 64``).
+
+    Raises:
+        HpatkError: the backbone cannot take ``size`` px (naming its minimum), or a
+            parameter makes the model, loss or augmentation fail.
+    """
+    x = torch.rand(2, in_chans, size, size)
+    if augment is not None:
+        try:
+            with torch.no_grad():
+                augment(x.clone())
+        except Exception as exc:
+            raise HpatkError(f"{cfg.where('aug_params')} {_shown(cfg.aug_params)}: "
+                             f"augmentation '{cfg.aug}' fails on a test batch: "
+                             f"{_first_line(exc)}") from exc
+    model.train()
+    try:
+        with torch.no_grad():
+            logits = model(x).float()
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        # shape errors are RuntimeErrors; a TypeError/ValueError is a bad option value
+        smallest = (min_input_size(model, in_chans, start=size)
+                    if isinstance(err, RuntimeError) else None)
+        if smallest is not None and smallest > size:
+            raise HpatkError(f"--backbone {cfg.backbone}: needs images of at least {smallest} "
+                             f"px, and {size_from} gives {size} px; use a larger --size") from None
+        where = (f"{cfg.where('backbone_params')} {_shown(cfg.backbone_params)}: "
+                 if cfg.backbone_params else f"--backbone {cfg.backbone}: ")
+        raise HpatkError(f"{where}backbone '{cfg.backbone}' fails on a test batch of "
+                         f"{size} px images: {_first_line(err)}") from err
+    if tuple(logits.shape) != (2, num_classes):
+        raise HpatkError(f"--backbone {cfg.backbone}: gives logits of shape "
+                         f"{tuple(logits.shape)} for 2 images, not (2, {num_classes})")
+    targets = (torch.rand(2, num_classes) > 0.5).float()
+    try:
+        with torch.no_grad():
+            value = loss_fn(logits, targets)
+        float(value)
+    except Exception as exc:
+        raise HpatkError(f"{cfg.where('loss_params')} {_shown(cfg.loss_params)}: loss "
+                         f"'{cfg.loss}' fails on a test batch: {_first_line(exc)}") from exc
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -170,72 +294,123 @@ class FoldResult:
     epochs_done: int = 0
 
 
+@dataclass
+class PreparedRun:
+    """What :func:`prepare_run` checked and resolved: the settings as ``config.yaml``
+    records them, the data plan, and provenance for ``config.yaml``'s ``_info``."""
+
+    cfg: TrainConfig
+    plan: Any
+    info: dict[str, Any]
+    resume: bool
+
+
+def prepare_run(cfg: TrainConfig, *, resume: bool = False,
+                overrides: dict[str, Any] | None = None) -> PreparedRun:
+    """Everything that can fail on the user's settings, done before the run folder is
+    written: the run folder's state, registered names, the loss and augmentation built
+    with their parameters, the cache opened (built for a dataset folder) and the folds,
+    the backbone built (with ``--pretrained``) and one tiny batch run through
+    augmentation, model and loss (which also checks the backbone's minimum input size).
+
+    ``cfg`` is validated already (:class:`TrainConfig` checks every setting when built).
+    Under DDP, ranks other than 0 run it after rank 0 wrote the run's ``folds.csv``,
+    and read it.
+
+    Raises:
+        HpatkError: one line naming the option or config key at fault.
+    """
+    from hpatk.core.train_data import plan_data
+
+    out = Path(cfg.out)
+    if not cfg.out:
+        raise HpatkError("--out is required (the run folder)")
+    if resume:
+        cfg = _resume_config(cfg, out, overrides or {})
+    elif ddp.is_main():
+        _check_fresh_out(out)
+    reg = get_registry()  # unknown names fail before anything is built
+    reg.backbones.get(cfg.backbone)
+    reg.losses.get(cfg.loss)
+    from hpatk.core.synthetic import build_synthesizer, resolve_aug
+
+    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+    loss_fn = build_loss(cfg)
+    augment = build_augment(cfg)
+    if choice.synth is not None:
+        build_synthesizer(choice.synth, choice.synth_params)
+    folds_csv = out / "folds.csv"
+    plan = plan_data(cfg, folds_csv if (resume or not ddp.is_main()) and folds_csv.exists()
+                     else None)
+    # record what the cache decided (size, enhancement, stains): the replayable settings
+    size_from = f"{cfg.where('size')} {cfg.size}" if cfg.size else f"cache '{plan.path}'"
+    cfg = cfg.replace(size=plan.size, enhance=str(plan.enhance.get("name")),
+                      enhance_params={k: v for k, v in plan.enhance.items() if k != "name"},
+                      in_stains=list(plan.stains))
+    ddp.check_divides(sorted({cfg.batch_size_at(e) for e in range(cfg.epochs)}))
+    ddp.check_sync_bn(cfg.sync_bn, resolve_device(cfg.device))
+    model, _ = build_model(cfg, len(plan.classes), len(plan.stains),
+                           pretrained=None if resume else cfg.pretrained)
+    check_objects(cfg, model, loss_fn, augment, in_chans=len(plan.stains),
+                  num_classes=len(plan.classes), size=plan.size, size_from=size_from)
+    info = {"hpatk_version": __version__, "cache": str(plan.path),
+            "cache_fingerprint": str(plan.meta.get("fingerprint", "")),
+            "images": int(len(plan.rows))}
+    return PreparedRun(cfg, plan, info, resume)
+
+
+def _check_fresh_out(out: Path) -> None:
+    """Refuse a folder holding a run; say so when it holds one that never checkpointed."""
+    if (out / "last.pt").exists() or any(out.glob("fold_*/last.pt")):
+        raise HpatkError(f"--out '{out}' already holds a run; pass --resume to continue it "
+                         f"or choose another folder")
+    if (out / "config.yaml").exists():
+        print(f"hpatk: --out '{out}' holds a run that stopped before its first checkpoint "
+              f"(no last.pt); starting it over", file=sys.stderr)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False,
           overrides: dict[str, Any] | None = None) -> list[FoldResult]:
     """Train ``cfg`` into ``cfg.out`` (one fold, or ``RUN/fold_K`` for each fold).
+
+    :func:`prepare_run` checks and builds everything first; nothing is written to the
+    run folder before it succeeds. Rank 0 (the only process without DDP) then holds the
+    run folder's lock, removes temporaries a killed run left, and writes ``config.yaml``
+    and ``folds.csv``.
 
     Args:
         resume: continue from ``last.pt`` (each fold's, with ``fold="all"``).
         overrides: settings given explicitly alongside ``resume``; only ``RESUME_SAFE``
             ones may differ from the run's ``config.yaml``.
     """
-    with ddp.main_first("preparing the run"):  # rank 0 builds the cache, writes config.yaml
-        cfg, plan, info = _prepare(cfg, resume, overrides or {})
-    out = Path(cfg.out)
-    results = []
-    for fold in cfg.fold_list():
-        fold_dir = out / f"fold_{fold}" if cfg.fold == "all" else out
+    from hpatk.core.train_data import write_run_folds
+
+    with contextlib.ExitStack() as lock:
+        with ddp.main_first("preparing the run"):  # rank 0 builds the cache, writes folds
+            prep = prepare_run(cfg, resume=resume, overrides=overrides)
+            cfg, plan, info = prep.cfg, prep.plan, prep.info
+            out = Path(cfg.out)
+            if ddp.is_main():
+                make_dirs(out)
+                lock.enter_context(writer_lock(out / "run", wait=False, what="hpatk train"))
+                # temporaries of a run killed while writing a checkpoint (we hold the lock)
+                remove_stale_temps(sorted([*out.glob(".*.tmp"), *out.glob("fold_*/.*.tmp")]))
+                write_config(cfg, out / "config.yaml", extra=info)
+                write_run_folds(plan, out / "folds.csv")
+        results = []
+        for fold in cfg.fold_list():
+            fold_dir = out / f"fold_{fold}" if cfg.fold == "all" else out
+            fold_resume = resume and (fold_dir / "last.pt").exists()
+            if cfg.fold == "all" and ddp.is_main():
+                if resume and not fold_resume:
+                    print(f"fold {fold}: no last.pt in '{fold_dir}'; starting it from epoch 1",
+                          file=sys.stderr)
+                write_config(cfg.replace(fold=fold, out=str(fold_dir)),
+                             fold_dir / "config.yaml", extra=info)
+            results.append(_train_fold(cfg, plan, fold, fold_dir, resume=fold_resume))
         if cfg.fold == "all" and ddp.is_main():
-            write_config(cfg.replace(fold=fold, out=str(fold_dir)), fold_dir / "config.yaml",
-                         extra=info)
-        results.append(_train_fold(cfg, plan, fold, fold_dir,
-                                   resume=resume and (fold_dir / "last.pt").exists()))
-    if cfg.fold == "all" and ddp.is_main():
-        write_fold_summary(out, results)
-    return results
-
-
-def _prepare(cfg: TrainConfig, resume: bool,
-             overrides: dict[str, Any]) -> tuple[TrainConfig, Any, dict[str, Any]]:
-    """Check the settings, open (or build) the cache, assign folds; rank 0 writes
-    ``config.yaml`` and ``folds.csv``, the other ranks read rank 0's folds."""
-    from hpatk.core.train_data import plan_data, write_run_folds
-
-    cfg.validate()
-    out = Path(cfg.out)
-    if not cfg.out:
-        raise HpatkError("--out is required (the run folder)")
-    if resume:
-        cfg = _resume_config(cfg, out, overrides)
-    elif (out / "last.pt").exists() or any(out.glob("fold_*/last.pt")):
-        raise HpatkError(f"--out '{out}' already holds a run; pass --resume to continue it "
-                         f"or choose another folder")
-    reg = get_registry()  # unknown names fail before anything is written
-    reg.backbones.get(cfg.backbone)
-    reg.losses.get(cfg.loss)
-    from hpatk.core.synthetic import build_synthesizer, resolve_aug
-
-    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
-    build_augment(cfg)  # bad parameters fail before anything is written
-    if choice.synth is not None:
-        build_synthesizer(choice.synth, choice.synth_params)
-    out.mkdir(parents=True, exist_ok=True)
-    folds_csv = out / "folds.csv"
-    plan = plan_data(cfg, folds_csv if (resume or not ddp.is_main()) and folds_csv.exists()
-                     else None)
-    # record what the cache decided (size, enhancement, stains): the replayable settings
-    cfg = cfg.replace(size=plan.size, enhance=str(plan.enhance.get("name")),
-                      enhance_params={k: v for k, v in plan.enhance.items() if k != "name"},
-                      in_stains=list(plan.stains))
-    info = {"hpatk_version": __version__, "cache": str(plan.path),
-            "cache_fingerprint": str(plan.meta.get("fingerprint", "")),
-            "images": int(len(plan.rows))}
-    ddp.check_divides(sorted({cfg.batch_size_at(e) for e in range(cfg.epochs)}))
-    ddp.check_sync_bn(cfg.sync_bn, resolve_device(cfg.device))
-    if ddp.is_main():
-        write_config(cfg, out / "config.yaml", extra=info)
-        write_run_folds(plan, folds_csv)
-    return cfg, plan, info
+            write_fold_summary(out, results)
+        return results
 
 
 def _resume_config(cfg: TrainConfig, out: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -243,6 +418,9 @@ def _resume_config(cfg: TrainConfig, out: Path, overrides: dict[str, Any]) -> Tr
 
     if not (out / "config.yaml").exists():
         raise HpatkError(f"--resume: '{out}' has no config.yaml; nothing to resume")
+    if not (out / "last.pt").exists() and not any(out.glob("fold_*/last.pt")):
+        raise HpatkError(f"--resume: '{out}' has no last.pt (the run stopped before its first "
+                         f"epoch ended); run it again without --resume to start it over")
     saved = read_config(out / "config.yaml")
     for key, value in overrides.items():
         if key not in RESUME_SAFE and getattr(saved, key) != value:
@@ -308,7 +486,7 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
         torch.backends.cudnn.benchmark = True
     net = ddp.wrap_model(model, device, sync_bn=cfg.sync_bn)  # model itself in one process
     rank, world = ddp.current().rank, ddp.current().world_size
-    loss_fn = get_registry().losses.create(cfg.loss, **cfg.loss_params).to(device)
+    loss_fn = build_loss(cfg).to(device)
     prep = BatchPrep(st.normalize["mean"], st.normalize["std"], stain_index=plan.stain_index,
                      device=device, channels_last=cfg.channels_last and device.type == "cuda",
                      augment=build_augment(cfg))

@@ -7,6 +7,7 @@ batch 32 doubled every 15 epochs up to 128, 35 epochs, 5-fold CV, focal loss gam
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import os
@@ -87,21 +88,39 @@ class TrainConfig:
         """The folds this run trains: ``[fold]`` or every fold for ``"all"``."""
         return list(range(self.folds)) if self.fold == "all" else [int(self.fold)]
 
+    def __post_init__(self) -> None:
+        # where each setting came from, for messages: "--epochs" or "config 'c.yaml': epochs"
+        origin = _ORIGIN.get() or {}
+        object.__setattr__(self, "_origin", dict(origin))
+        self.validate()
+
+    def where(self, name: str) -> str:
+        """How the user gave setting ``name``: ``config 'c.yaml': name`` or ``--name``."""
+        source = getattr(self, "_origin", {}).get(name)
+        if source:
+            return f"{source}: {name}"
+        return "--" + name.replace("_params", "_param").replace("_", "-")
+
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict, naming ``source`` and the key on unknown settings."""
+        """Build from a dict, naming ``source`` and the key on unknown or bad settings."""
         known = {f.name for f in dataclasses.fields(cls)}
+        bad_keys = [k for k in d if not isinstance(k, str)]
+        if bad_keys:
+            raise HpatkError(f"{source}: setting names must be text, not {bad_keys[0]!r}")
         unknown = sorted(set(d) - known)
         if unknown:
             raise HpatkError(f"{source}: unknown setting '{unknown[0]}' "
                              f"(known: {', '.join(sorted(known))})")
-        cfg = cls(**d)
-        cfg.validate(source)
-        return cfg
+        token = _ORIGIN.set(dict.fromkeys(d, source))
+        try:
+            return cls(**d)
+        finally:
+            _ORIGIN.reset(token)
 
     def override(self, **changes: Any) -> TrainConfig:
         """:meth:`replace`, except that a new ``loss``/``aug``/``backbone`` given without
@@ -114,48 +133,149 @@ class TrainConfig:
         return self.replace(**changes)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
+        """A copy with ``changes`` (given as options), validated."""
+        origin = {k: v for k, v in getattr(self, "_origin", {}).items() if k not in changes}
+        token = _ORIGIN.set(origin)
+        try:
+            return dataclasses.replace(self, **changes)
+        finally:
+            _ORIGIN.reset(token)
 
-    def validate(self, source: str = "options") -> None:
-        """Check ranges and enumerations; one clear line naming the setting."""
+    def validate(self) -> None:
+        """Check every setting's type and range (the one place this is done; construction
+        calls it). Raises one clear line naming the setting and where it came from."""
         def bad(name: str, why: str) -> HpatkError:
-            return HpatkError(f"{source}: {name} {why}")
+            return HpatkError(f"{self.where(name)} {why}")
 
+        for f in dataclasses.fields(self):  # a new setting needs its entry in _FIELD_TYPES
+            kind, optional = _FIELD_TYPES[f.name]
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            object.__setattr__(self, f.name, _check_type(value, kind, lambda why, n=f.name:
+                                                          bad(n, why)))
         if self.folds < 2:
             raise bad("folds", f"must be at least 2, not {self.folds}")
-        if self.fold != "all":
-            try:
-                self.fold = int(self.fold)
-            except (TypeError, ValueError):
-                raise bad("fold", f"must be an integer or 'all', not '{self.fold}'") from None
-            if not 0 <= self.fold < self.folds:
-                raise bad("fold", f"must be in 0..{self.folds - 1}, not {self.fold}")
+        if self.fold != "all" and not 0 <= int(self.fold) < self.folds:
+            raise bad("fold", f"must be in 0..{self.folds - 1}, not {self.fold}")
         for name in ("epochs", "batch_size", "max_batch_size"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise bad(name, f"must be positive, not {getattr(self, name)}")
+        for name in ("batch_double_every", "seed"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, not {getattr(self, name)}")
         if self.max_batch_size < self.batch_size:
             raise bad("max_batch_size", f"({self.max_batch_size}) is below batch_size "
                       f"({self.batch_size})")
-        if not self.lr > 0:
-            raise bad("lr", f"must be positive, not {self.lr}")
-        if self.size is not None and int(self.size) < 16:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", f"must be a positive number, not {self.lr}")
+        for name in ("lr_decay", "weight_decay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise bad(name, f"must be a number >= 0, not {value}")
+        if self.size is not None and self.size < 16:
             raise bad("size", f"must be at least 16 px, not {self.size}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", f"must be auto, cpu or cuda, not '{self.device}'")
         if self.head not in ("default", "paper"):
             raise bad("head", f"must be 'default' or 'paper', not '{self.head}'")
-        if int(self.synthetic_per_class) < 1:
+        if self.workers is not None and self.workers < 0:
+            raise bad("workers", f"must be >= 0, not {self.workers}")
+        if self.synthetic_per_class < 1:
             raise bad("synthetic_per_class", f"must be positive, not {self.synthetic_per_class}")
         if self.synthetic_source not in ("fit", "cache"):
             raise bad("synthetic_source", f"must be 'fit' or 'cache', not "
                       f"'{self.synthetic_source}'")
-        if self.workers is not None and int(self.workers) < 0:
-            raise bad("workers", f"must be >= 0, not {self.workers}")
-        if self.real_per_class is not None and int(self.real_per_class) < 1:
+        if self.real_per_class is not None and self.real_per_class < 1:
             raise bad("real_per_class", f"must be positive, not {self.real_per_class}")
-        parse_classes(self.classes)
+        if self.in_stains is not None and not self.in_stains:
+            raise bad("in_stains", "must name at least one stain")
+        try:
+            parse_classes(self.classes)
+        except HpatkError as exc:
+            msg = str(exc).removeprefix("--classes")
+            raise HpatkError(self.where("classes") + msg) from None
+
+
+# setting -> (type, None allowed); "params" is a mapping of parameter names to values
+_FIELD_TYPES: dict[str, tuple[str, bool]] = {
+    "data": ("path", False), "out": ("path", False), "backbone": ("str", False),
+    "backbone_params": ("params", False), "head": ("str", False),
+    "pretrained": ("str", True), "aug": ("str", False), "aug_params": ("params", False),
+    "batch_aug": ("str", False), "synthetic_per_class": ("int", False),
+    "synthetic_source": ("str", False), "real_per_class": ("int", True),
+    "loss": ("str", False), "loss_params": ("params", False), "folds": ("int", False),
+    "fold": ("fold", False), "folds_file": ("path", True), "epochs": ("int", False),
+    "size": ("int", True), "classes": ("classes", False), "in_stains": ("stains", True),
+    "enhance": ("str", True), "enhance_params": ("params", False),
+    "cache_dir": ("path", True), "lr": ("float", False), "lr_decay": ("float", False),
+    "weight_decay": ("float", False), "batch_size": ("int", False),
+    "batch_double_every": ("int", False), "max_batch_size": ("int", False),
+    "workers": ("int", True), "device": ("str", False), "amp": ("bool", False),
+    "channels_last": ("bool", False), "sync_bn": ("bool", False), "seed": ("int", False),
+}
+_ORIGIN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "hpatk_train_config_origin", default=None)
+
+
+def _check_type(value: Any, kind: str, bad: Any) -> Any:
+    """``value`` checked (and normalised) as ``kind``; ``bad(why)`` makes the error."""
+    shown = f"'{value}'" if isinstance(value, str) else repr(value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"must be an integer, not {shown}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool):
+            raise bad(f"must be a number, not {shown}")
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as text
+            try:
+                return float(value)
+            except ValueError:
+                raise bad(f"must be a number, not {shown}") from None
+        if not isinstance(value, (int, float)):
+            raise bad(f"must be a number, not {shown}")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad(f"must be true or false, not {shown}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad(f"must be text, not {shown}")
+        return value
+    if kind == "path":
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise bad(f"must be a path, not {shown}")
+        return value
+    if kind == "params":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad(f"must be a mapping of parameter names to values, not {shown}")
+        return dict(value)
+    if kind == "fold":
+        if value == "all":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"must be an integer or 'all', not {shown}")
+        return value
+    if kind == "classes":
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        if not isinstance(value, str):
+            raise bad(f"must be 'all', 'top5' or class indices like '0,25,2', not {shown}")
+        return value
+    if kind == "stains":  # a list of names, or one comma-separated text
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            raise bad(f"must be a list of stain names, not {shown}")
+        return list(value)
+    raise AssertionError(kind)
 
 
 def read_config(path: str | os.PathLike[str]) -> TrainConfig:

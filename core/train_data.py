@@ -108,12 +108,13 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
         path, meta = index.path, index.meta
         size = int(meta.get("size", 0))
         if cfg.size is not None and int(cfg.size) != size:
-            raise HpatkError(f"--size {cfg.size}: cache '{path}' holds {size} px images; pass "
-                             f"the dataset folder or build a cache with --size {cfg.size}")
+            raise HpatkError(f"{cfg.where('size')} {cfg.size}: cache '{path}' holds {size} px "
+                             f"images; pass the dataset folder or build a cache with "
+                             f"--size {cfg.size}")
         enh = enhance_of(meta)
         if cfg.enhance is not None and cfg.enhance != enh.get("name"):
-            raise HpatkError(f"--enhance {cfg.enhance}: cache '{path}' was enhanced with "
-                             f"'{enh.get('name')}'; pass the dataset folder to rebuild it")
+            raise HpatkError(f"{cfg.where('enhance')} {cfg.enhance}: cache '{path}' was enhanced "
+                             f"with '{enh.get('name')}'; pass the dataset folder to rebuild it")
         return index
     kw: dict[str, Any] = dict(enhance=cfg.enhance or "clahe",
                               enhance_params=cfg.enhance_params or None,
@@ -138,7 +139,7 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
     stains = list(cfg.in_stains) if cfg.in_stains else list(cache_stains)
     missing = [s for s in stains if s not in cache_stains]
     if missing:
-        raise HpatkError(f"--in-stains: cache '{path}' has no stain '{missing[0]}' "
+        raise HpatkError(f"{cfg.where('in_stains')}: cache '{path}' has no stain '{missing[0]}' "
                          f"(it has {', '.join(cache_stains)})")
     return DataPlan(path=path, meta=meta, ids=ids, labels=labels, classes=classes, rows=rows,
                     folds=folds, cache_stains=cache_stains, stains=stains,

@@ -69,6 +69,9 @@ def serve(model: str, host: str, port: int, provider: str, strict: bool, max_bat
             click.echo(line, err=True)
         click.echo(f"serving {model} on http://{host}:{port}/ (max batch {max_batch}, "
                    f"max wait {max_wait_ms:g} ms, {workers} decode threads)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"note: --host {host} accepts other machines' requests; hpatk serve "
+                       f"has no authentication (put it behind a proxy that has)", err=True)
 
     run(model, host=host, port=port, provider=provider, strict=strict,
         options=ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms,

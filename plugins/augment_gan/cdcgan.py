@@ -47,12 +47,14 @@ class ProjectionDiscriminator(nn.Module):
     """(images (B, C, S, S), labels (B, K)) -> (B, 1) real/fake logits."""
 
     def __init__(self, num_labels: int, channels: int = 4, image_size: int = 64,
-                 width: int = 64, dropout: float = 0.25) -> None:
+                 width: int = 64, dropout: float = 0.25, spectral_norm: bool = False) -> None:
         super().__init__()
-        trunk = Discriminator(channels, image_size, width, dropout)
+        trunk = Discriminator(channels, image_size, width, dropout, spectral_norm)
         self.net, self.fc = trunk.net, trunk.fc
         self.embed = nn.Linear(int(num_labels), self.fc.in_features, bias=False)
         nn.init.xavier_uniform_(self.embed.weight)
+        if spectral_norm:
+            nn.utils.parametrizations.spectral_norm(self.embed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.net(x).flatten(1)
@@ -65,12 +67,13 @@ class ConditionalDCGAN(nn.Module):
     conditional = True
 
     def __init__(self, num_labels: int, latent_dim: int = LATENT_DIM, channels: int = 4,
-                 image_size: int = 64, width: int = 64, dropout: float = 0.25) -> None:
+                 image_size: int = 64, width: int = 64, dropout: float = 0.25,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         self.generator = ConditionalGenerator(num_labels, latent_dim, channels, image_size,
                                               width)
         self.discriminator = ProjectionDiscriminator(num_labels, channels, image_size, width,
-                                                     dropout)
+                                                     dropout, spectral_norm)
         self._config = {"num_labels": int(num_labels), "latent_dim": int(latent_dim),
                         "channels": int(channels), "image_size": int(image_size),
                         "width": int(width)}
@@ -114,7 +117,8 @@ class ConditionalDCGANSynthesizer(DCGANSynthesizer):
         p = self.params
         return ConditionalDCGAN(int(p["num_labels"]), latent_dim=int(p["latent_dim"]),
                                 channels=int(p["channels"]), image_size=int(p["image_size"]),
-                                width=int(p["width"]), dropout=float(p["dropout"]))
+                                width=int(p["width"]), dropout=float(p["dropout"]),
+                                spectral_norm=bool(p["spectral_norm"]))
 
     def fit(self, images: np.ndarray, labels: np.ndarray, *, classes: list[int],
             out_dir: Any = None, seed: int = 0, progress: bool = True,

@@ -117,6 +117,9 @@ class Discriminator(nn.Module):
         image_size: input side, ``8 * 2**n``.
         width: channel multiplier (mirrors :class:`Generator`).
         dropout: dropout after every convolution (the paper: 0.25).
+        spectral_norm: spectral normalisation of every weight (Miyato et al. 2018)
+            instead of BatchNorm: a Lipschitz-bounded D that trains stably on few
+            images (not in the paper; off by default).
 
     Shape:
         - Input: (B, channels, image_size, image_size)
@@ -124,20 +127,25 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, channels: int = 4, image_size: int = 512, width: int = 64,
-                 dropout: float = 0.25) -> None:
+                 dropout: float = 0.25, spectral_norm: bool = False) -> None:
         super().__init__()
         chans = stage_channels(int(image_size), int(width))[::-1]
         layers: list[nn.Module] = []
         ch_in = int(channels)
         for i, ch in enumerate(chans):
             layers.append(nn.Conv2d(ch_in, ch, 3, stride=2, padding=1))
-            if i > 0:  # no BatchNorm on the first layer (Keras template, Radford et al.)
+            if i > 0 and not spectral_norm:  # none on the first (Keras template, Radford)
                 layers.append(nn.BatchNorm2d(ch, eps=BN_EPS, momentum=BN_MOMENTUM))
             layers += [nn.LeakyReLU(0.2, inplace=True), nn.Dropout(dropout)]
             ch_in = ch
         self.net = nn.Sequential(*layers)
         self.fc = nn.Linear(ch_in * BASE * BASE, 1)
         self.apply(_keras_init)
+        if spectral_norm:
+            sn = nn.utils.parametrizations.spectral_norm
+            for m in [*self.net, self.fc]:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    sn(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.net(x).flatten(1))
@@ -176,10 +184,11 @@ class DCGAN(nn.Module):
     """
 
     def __init__(self, latent_dim: int = LATENT_DIM, channels: int = 4, image_size: int = 512,
-                 width: int = 64, dropout: float = 0.25) -> None:
+                 width: int = 64, dropout: float = 0.25, spectral_norm: bool = False) -> None:
         super().__init__()
         self.generator = Generator(latent_dim, channels, image_size, width)
-        self.discriminator = Discriminator(channels, image_size, width, dropout)
+        self.discriminator = Discriminator(channels, image_size, width, dropout,
+                                           spectral_norm)
         self.dropout = float(dropout)
 
     def config(self) -> dict[str, int]:

@@ -2,7 +2,7 @@
 ``dcgan``, alias ``gan``).
 
 Its parameters are the model's (``image_size``, ``channels``, ``latent_dim``, ``width``,
-``dropout``) and the training recipe's (:class:`~.trainer.GanTrainConfig` fields:
+``dropout``, ``spectral_norm``) and the training recipe's (:class:`~.trainer.GanTrainConfig` fields:
 ``steps``, ``batch_size``, ``g_lr``, ``d_lr``, ..., ``device``); the seed comes from
 ``fit``. ``channels`` comes from the images; ``image_size`` left as None becomes the
 largest ``8 * 2**n`` not above the images' side (64 for 96 px images; samples are
@@ -26,7 +26,7 @@ from hpatk.core.base import Synthesizer
 from hpatk.core.errors import HpatkError
 
 _MODEL = {"image_size": None, "channels": None, "latent_dim": 100, "width": 64,
-          "dropout": 0.25}
+          "dropout": 0.25, "spectral_norm": False}
 
 
 def _train_fields() -> dict[str, Any]:
@@ -76,7 +76,7 @@ class DCGANSynthesizer(Synthesizer):
         p = self.params
         return DCGAN(latent_dim=int(p["latent_dim"]), channels=int(p["channels"]),
                      image_size=int(p["image_size"]), width=int(p["width"]),
-                     dropout=float(p["dropout"]))
+                     dropout=float(p["dropout"]), spectral_norm=bool(p["spectral_norm"]))
 
     def fit(self, images: np.ndarray, labels: np.ndarray, *, classes: list[int],
             out_dir: Any = None, seed: int = 0, progress: bool = True,

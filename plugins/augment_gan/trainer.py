@@ -43,6 +43,7 @@ from hpatk.core.progress import progress
 from hpatk.core.synthetic import resize_uint8
 from hpatk.core.version import __version__
 from hpatk.plugins.augment_gan.dcgan import DCGAN, from_uint8, to_uint8
+from hpatk.plugins.augment_gan.diffaugment import diff_augment, parse_policy
 
 LOSS_COLUMNS = ("step", "d_loss_real", "d_loss_fake", "g_loss", "d_acc")
 
@@ -68,6 +69,9 @@ class GanTrainConfig:
         checkpoint_every: write ``last.pt``/``generator.pt``/``losses.csv`` every N steps
             (0 = ``sample_every``); always at the end.
         grid: the sample grid is ``grid x grid`` images from fixed noise.
+        diffaugment: DiffAugment ops applied to real and fake images before D
+            (``"color,translation,cutout"``; "" = none, the paper). Not in the paper:
+            for classes of a few hundred images or fewer (see ``diffaugment.py``).
     """
 
     steps: int = 10000
@@ -84,8 +88,14 @@ class GanTrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 0
     grid: int = 4
+    diffaugment: str = ""
 
     def __post_init__(self) -> None:
+
+        try:
+            parse_policy(self.diffaugment)
+        except ValueError as exc:
+            raise HpatkError(str(exc)) from None
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 2, "batch size must be >= 2 (BatchNorm needs a batch)"),
@@ -322,7 +332,11 @@ def train_gan(gan: DCGAN, images: Any, cfg: GanTrainConfig | None = None, *,
                                    out / "samples_real.png", title=f"{title}: real images"))
             files.append(_grid(G, z_grid, stains, out, 0, title, device))
 
+    ops = parse_policy(cfg.diffaugment)
+
     def disc(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if ops:  # the same kind of augmentation for real and fake, in D's and G's step
+            x = diff_augment(x, ops)
         return D(x, y) if cond else D(x)
 
     ckpt_every = cfg.checkpoint_every or cfg.sample_every

@@ -1,5 +1,6 @@
-"""``hpatk gan train`` and ``hpatk gan sample``: fit any registered synthesizer on a
-cache's images and sample it into a cache (or PNG files).
+"""``hpatk gan train``, ``hpatk gan sample`` and ``hpatk gan evaluate``: fit any registered
+synthesizer on a cache's images, sample it into a cache (or PNG files), measure how good
+its images are.
 
 ``hpatk train --aug NAME`` does all of this by itself, fold-safely; these commands are
 for inspecting, reusing and exporting generators. Only click is imported at the top.
@@ -25,6 +26,7 @@ def gan() -> None:
     Example:
       hpatk gan train --data cache.h5 --top 5 --fold 0 --out gans
       hpatk gan sample gans/class_00/generator.pt --n 1000 --into cache.h5
+      hpatk gan evaluate gans --data cache.h5 --out gan-eval
       hpatk train --data cache.h5 --aug gan --synthetic-source cache --out run1
     """
 
@@ -233,3 +235,49 @@ def sample(generator: str, n: int, into: str | None, out: str | None,
     else:
         write_samples_dir(gen, out, n, seed=seed, classes=which)  # type: ignore[arg-type]
         click.echo(f"wrote {n} images per class of classes {which} to {out}")
+
+
+@gan.command("evaluate")
+@click.argument("generators", type=click.Path(exists=True))
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="The cache the generators learnt from (its real images are compared).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for evaluation.md, evaluation.csv and the pictures.")
+@click.option("--n", "n", type=click.IntRange(4), default=200, show_default=True,
+              help="Synthetic images drawn per class.")
+@click.option("--max-real", type=click.IntRange(8), default=1000, show_default=True,
+              help="At most this many real training and held-out images (seeded subsample).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True,
+              help="Epochs of the small CNN (GAN-train, GAN-test, the features).")
+@click.option("--k", type=click.IntRange(1), default=3, show_default=True,
+              help="Neighbours of the precision/recall manifolds.")
+@click.option("--copy-quantile", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+              show_default=True, help="A synthetic image nearer to a training image than "
+              "this quantile of held-out real images' nearest distances is flagged a copy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Where generators sample (auto, cpu, cuda).")
+@threads_option
+def evaluate(generators: str, data: str, out: str, n: int, max_real: int, epochs: int, k: int,
+             copy_quantile: float, seed: int, device: str | None) -> None:
+    """How good are the synthetic images? GAN-train/GAN-test, feature FD and KID,
+    precision/recall, memorisation.
+
+    GENERATORS is a generator.pt, a folder of them (hpatk gan train's OUT, a cache's
+    .synth store) or a training run trained with a synthesizer --aug (its synthetic.csv
+    names its generators). Each generator's recorded training Ids split the cache's real
+    images into its training images and held-out ones. Features are a small CNN's trained
+    on the real training images (no Inception weights): the distances are NOT comparable
+    to published FIDs. Writes OUT/evaluation.md, evaluation.csv, closest_pairs_*.png,
+    nn_distances.png; prints the table.
+
+    \b
+    Example:
+      hpatk gan evaluate demo/run --data demo/cache.h5 --out demo/gan-eval
+      hpatk gan evaluate gans --data cache.h5 --n 500 --out gan-eval
+    """
+    from hpatk.core.gan_evaluate import evaluate_generators, find_generators
+
+    paths = find_generators(generators)
+    evaluate_generators(paths, data, out, n_per_class=n, max_real=max_real, seed=seed,
+                        epochs=epochs, k=k, copy_quantile=copy_quantile, device=device)
+    click.echo((Path(out) / "evaluation.md").read_text())

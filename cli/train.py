@@ -363,7 +363,11 @@ def backbones(data: str, backbones: str, sizes: list[int], fold_subset: list[int
 @click.option("--real-per-class", type=int, help="Subsample about N real training images per "
               "class (the scarce-data regime); both arms and the generators see the same ones.")
 @click.option("--aug-param", multiple=True, callback=key_values, metavar="KEY=VALUE",
-              help="Parameter of the compared augmentation (repeatable).")
+              help="Parameter of the compared augmentation (repeatable), e.g. width=8.")
+@click.option("--synthetic-per-class", type=int, help="Synthetic images per class of a "
+              "synthesizer arm. [default: 1000, the paper's]")
+@click.option("--synthetic-source", type=click.Choice(["fit", "cache"]), help="Fit "
+              "generators per fold, or use the cache's fold-safe samples. [default: fit]")
 @click.option("--loss", help="[default: the recipe's focal]")
 @click.option("--lr", type=float, help="[default: the recipe's]")
 @click.option("--batch-size", type=int, help="[default: the recipe's]")

@@ -52,12 +52,10 @@ def run_aug_experiment(base: TrainConfig, augs: list[str], out: str | os.PathLik
     arms = [BASELINE, *[a for a in dict.fromkeys(augs) if a != BASELINE]]
     if len(arms) < 2:
         raise HpatkError("--aug: give at least one augmentation to compare with classic")
-    from hpatk.core.registry import get_registry
+    from hpatk.core.synthetic import resolve_aug
 
-    reg = get_registry()
-    for a in arms:  # unknown names fail before any training
-        if a != "none" and not any(a in reg.catalog(kind) for kind in _aug_kinds()):
-            reg.augmentations.get(a)  # raises, with a did-you-mean
+    for a in arms:  # unknown names fail before any training (what hpatk train decides)
+        resolve_aug(a, aug_params if a != BASELINE else base.aug_params, base.batch_aug)
     out.mkdir(parents=True, exist_ok=True)
     folds_csv = out / "folds.csv"
     with ddp.main_first("assigning the folds"):
@@ -87,14 +85,6 @@ def run_aug_experiment(base: TrainConfig, augs: list[str], out: str | os.PathLik
         write_results(out, results)
         write_tables(out, results, arms)
     return results
-
-
-def _aug_kinds() -> list[str]:
-    """The plugin kinds ``--aug`` may name: batch augmentations, and synthesizers where
-    this hpatk has that kind."""
-    from hpatk.core.registry import KINDS
-
-    return [k for k in ("augmentations", "synthesizers") if k in KINDS]
 
 
 def score_run(cfg: TrainConfig, run_dir: Path, device: str = "auto") -> dict[str, dict]:

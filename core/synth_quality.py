@@ -45,6 +45,7 @@ __all__ = [
     "kid",
     "memorisation",
     "plot_closest_pairs",
+    "plot_nn_distances",
     "precision_recall",
     "train_small_cnn",
 ]
@@ -439,6 +440,34 @@ def plot_closest_pairs(synthetic: np.ndarray, train: np.ndarray, check: CopyChec
     ax[1, 0].set_ylabel("nearest real", fontsize=8)
     fig.suptitle(f"closest pairs ({check.space}); real-to-real {check.threshold:.3g} at the "
                  f"flag quantile", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_nn_distances(checks: dict[str, CopyCheck], path: str | os.PathLike[str],
+                      title: str = "") -> Path:
+    """Histograms of synthetic -> nearest training distances against held-out real ->
+    nearest training distances, one panel per space, the flag threshold dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from hpatk.core.io import atomic_path
+
+    fig, axes = plt.subplots(1, len(checks), figsize=(5 * len(checks), 3.4), squeeze=False)
+    for ax, (space, c) in zip(axes[0], checks.items(), strict=True):
+        both = np.concatenate([c.distance, c.reference])
+        bins = np.linspace(0, float(both.max()) if len(both) and both.max() > 0 else 1, 30)
+        ax.hist(c.reference, bins=bins, alpha=0.6, density=True, label="held-out real")
+        ax.hist(c.distance, bins=bins, alpha=0.6, density=True, label="synthetic")
+        ax.axvline(c.threshold, ls="--", color="k", lw=1, label="copy threshold")
+        ax.set(xlabel=f"distance to the nearest training image ({space})", ylabel="density")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "nearest training image", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

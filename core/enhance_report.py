@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpatk.core.classes import STAINS
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_open, atomic_path
-from hpatk.core.picture import composite
+from hpatk.core.io import atomic_open
+from hpatk.core.picture import composite, pyplot, save_figure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -311,10 +311,7 @@ def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path
     Shape:
         each cell shows an (H, W, 3) composite of the (C, H, W) image.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not result.examples:
         raise HpatkError("no images to draw")
@@ -344,11 +341,7 @@ def render_grid(result: EnhanceComparison, path: str | os.PathLike[str]) -> Path
                  "SSIM: similarity to the original (1 = unchanged); column titles: mean over "
                  "all compared images, under each picture: that image", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_report(result: EnhanceComparison, out: str | os.PathLike[str]) -> dict[str, Path]:

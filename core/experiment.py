@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from hpatk.core import distributed as ddp
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_open, atomic_path
+from hpatk.core.io import atomic_open
+from hpatk.core.picture import pyplot, save_figure
 from hpatk.core.train_config import TrainConfig
 
 # val_macro_f1: Kaggle (mean per-class F1); val_paper_macro_f1: the paper's Eq. 8
@@ -152,10 +153,7 @@ def write_table(out: Path, results: list[dict[str, Any]], backbones: list[str],
 
 def _plot(path: Path, cell: dict[tuple[str, int], dict[str, Any]], backbones: list[str],
           sizes: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(backbones) + 2), 3.8))
     x = np.arange(len(backbones))
@@ -169,6 +167,4 @@ def _plot(path: Path, cell: dict[tuple[str, int], dict[str, Any]], backbones: li
            title="Backbones x input size")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

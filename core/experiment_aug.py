@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from hpatk.core import distributed as ddp
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_open, atomic_path
+from hpatk.core.io import atomic_open
+from hpatk.core.picture import pyplot, save_figure
 from hpatk.core.train_config import TrainConfig
 
 # metric key -> column label; macro_f1 is the Kaggle one (mean per-class F1)
@@ -216,10 +217,7 @@ def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> d
 
 
 def _plot(path: Path, table: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     x = np.arange(len(METRICS))
@@ -235,6 +233,4 @@ def _plot(path: Path, table: list[dict[str, Any]]) -> None:
     axes[0].set_ylabel("mean +- sd over folds")
     axes[1].legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

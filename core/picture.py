@@ -1,5 +1,6 @@
-"""Multi-stain images as RGB pictures, one colour convention for every picture hpatk
-draws (the enhancement report, GAN sample grids, the synthetic-data preview)."""
+"""Pictures: multi-stain images as RGB (one colour convention for every picture hpatk
+draws: the enhancement report, GAN sample grids, the synthetic-data preview), and the
+matplotlib set-up and atomic PNG writing every plot shares."""
 
 from __future__ import annotations
 
@@ -18,6 +19,28 @@ STAIN_COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.5, 0.5, 0.0),
 }
 _GRAY = (1 / 3, 1 / 3, 1 / 3)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 90) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file renamed when
+    complete), then close it. Returns ``path``."""
+    from hpatk.core.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path
 
 
 def composite(images: Any, stains: Sequence[str]) -> np.ndarray:
@@ -54,11 +77,7 @@ def save_grid(images: Any, stains: Sequence[str], path: str | os.PathLike[str],
     """
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from hpatk.core.io import atomic_path
+    plt = pyplot()
 
     if len(stains) != images.shape[1]:  # unknown channels: gray
         stains = [f"c{i}" for i in range(images.shape[1])]
@@ -74,8 +93,4 @@ def save_grid(images: Any, stains: Sequence[str], path: str | os.PathLike[str],
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

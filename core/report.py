@@ -8,21 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hpatk.core.io import atomic_open, atomic_path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
+from hpatk.core.io import atomic_open
+from hpatk.core.picture import pyplot, save_figure
 
 
 def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> Path:
     """Loss, F1/accuracy and learning rate / batch size per epoch, one PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
     ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
@@ -44,11 +36,7 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> P
     ax[2].set_zorder(twin.get_zorder() + 1)  # the lr line over the bars
     ax[2].patch.set_visible(False)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def plot_per_class(names: Sequence[str], f1: Sequence[float], path: str | os.PathLike[str],
@@ -57,7 +45,7 @@ def plot_per_class(names: Sequence[str], f1: Sequence[float], path: str | os.Pat
     with its value; the legend sits below the axes, never over a bar."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     k = len(names)
     two = f1_tuned is not None
     fig, ax = plt.subplots(figsize=(7, 0.32 * k * (1.5 if two else 1) + 1.9))
@@ -75,11 +63,7 @@ def plot_per_class(names: Sequence[str], f1: Sequence[float], path: str | os.Pat
     if two:  # below the x label, outside the axes
         fig.legend(loc="lower center", ncol=2, frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.35 / fig.get_figheight() if two else 0, 1, 1))
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _fmt(v: Any) -> str:

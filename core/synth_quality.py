@@ -418,12 +418,9 @@ def plot_closest_pairs(synthetic: np.ndarray, train: np.ndarray, check: CopyChec
     Args:
         synthetic_rows: rows of ``synthetic`` that ``check`` describes (all when None).
     """
-    import matplotlib
+    from hpatk.core.picture import composite, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from hpatk.core.io import atomic_path
-    from hpatk.core.picture import composite
+    plt = pyplot()
 
     rows = np.arange(len(synthetic)) if synthetic_rows is None else np.asarray(synthetic_rows)
     order = np.argsort(check.distance)[:n]
@@ -441,23 +438,16 @@ def plot_closest_pairs(synthetic: np.ndarray, train: np.ndarray, check: CopyChec
     fig.suptitle(f"closest pairs ({check.space}); real-to-real {check.threshold:.3g} at the "
                  f"flag quantile", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def plot_nn_distances(checks: dict[str, CopyCheck], path: str | os.PathLike[str],
                       title: str = "") -> Path:
     """Histograms of synthetic -> nearest training distances against held-out real ->
     nearest training distances, one panel per space, the flag threshold dashed."""
-    import matplotlib
+    from hpatk.core.picture import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from hpatk.core.io import atomic_path
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(checks), figsize=(5 * len(checks), 3.4), squeeze=False)
     for ax, (space, c) in zip(axes[0], checks.items(), strict=True):
         both = np.concatenate([c.distance, c.reference])
@@ -469,8 +459,4 @@ def plot_nn_distances(checks: dict[str, CopyCheck], path: str | os.PathLike[str]
         ax.legend(fontsize=8)
     fig.suptitle(title or "nearest training image", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

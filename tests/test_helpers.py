@@ -85,3 +85,15 @@ def test_composite_equals_integer_reference():
     ref = np.stack([np.clip(r + y // 2, 0, 255), np.clip(g + y // 2, 0, 255), b], -1)
     img = np.stack([g, r, b, y]).astype(np.uint8)
     assert (composite(img, STAINS) == ref).all()
+
+
+def test_save_figure_writes_a_png_atomically_and_closes(tmp_path):
+    from hpatk.core.picture import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "sub" / "plot.png", dpi=50)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in out.parent.iterdir()] == ["plot.png"]  # no temporary left

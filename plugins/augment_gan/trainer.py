@@ -37,8 +37,8 @@ import torch
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.device import resolve_device
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_open, atomic_path
-from hpatk.core.picture import save_grid
+from hpatk.core.io import atomic_open
+from hpatk.core.picture import pyplot, save_figure, save_grid
 from hpatk.core.progress import progress
 from hpatk.core.synthetic import resize_uint8
 from hpatk.core.version import __version__
@@ -174,10 +174,7 @@ class ImageBank:
 def plot_losses(history: Sequence[dict[str, float]], path: str | os.PathLike[str],
                 title: str = "") -> Path:
     """D and G losses (moving average) and D's accuracy against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = np.array([h["step"] for h in history])
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
@@ -196,11 +193,7 @@ def plot_losses(history: Sequence[dict[str, float]], path: str | os.PathLike[str
     ax2.set_ylabel("D accuracy")
     ax2.set_xlabel("step")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_losses_csv(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:

@@ -416,7 +416,9 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
     gen_dir = store / key
     gen_path = gen_dir / "generator.pt"
     t0 = time.monotonic()
-    if all(have[c] >= per_class_n for c in targets):
+    # a conditional generator's class without a training image gets no samples
+    present = [c for c in targets if plan.labels[rows, c].any()]
+    if all(have[c] >= per_class_n for c in present):
         source = "reused samples"
     elif gen_path.is_file():
         source = "reused generator"
@@ -439,11 +441,13 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
     records = []
     gen = None if source == "reused samples" else load_generator(gen_path)
     for c in targets:
-        if gen is not None and have[c] < per_class_n:
+        if gen is not None and c in present and have[c] < per_class_n:
             sample_into_cache(gen, plan.path, c, per_class_n, seed=seed, resize=True)
         records.append({"fold": fold, "class": c, "name": CLASS_NAMES[c],
-                        "synthesizer": choice.synth, "key": key, "train_images": len(rows),
-                        "samples": per_class_n, "source": source,
+                        "synthesizer": choice.synth, "key": key,
+                        "train_images": int(plan.labels[rows, c].sum()),
+                        "samples": per_class_n if c in present else 0,
+                        "source": source if c in present else "none",
                         "seconds": round(time.monotonic() - t0, 1),
                         "generator": str(gen_path)})
     if write:

@@ -291,3 +291,15 @@ def test_a_synthesizer_that_raises_is_one_line(cache32, tmp_path, plugin):
     line = one_error_line(r)
     assert "synthesizer 'broken' failed to fit: ValueError: the GPU caught fire" in line
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_cdcgan_class_without_training_images_gets_none(cache32, tmp_path):
+    cache = fresh(cache32, tmp_path)
+    args = train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN)
+    args[args.index("top5")] = "0,25,8"  # class 8 has no image in this top-5 data
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "r" / "synthetic.csv") as f:
+        rows = {int(x["class"]): x for x in csv.DictReader(f)}
+    assert (rows[8]["samples"], rows[8]["source"], rows[8]["train_images"]) == ("0", "none", "0")
+    assert rows[0]["samples"] == rows[25]["samples"] == "6"

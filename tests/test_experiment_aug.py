@@ -32,7 +32,9 @@ def cache(tmp_path_factory) -> Path:
     return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
 
 
-ARGS = ["--aug", "none", "--backbone", TINY, "--folds", 3, "--fold-subset", "0,1",
+GAN = {"image_size": 16, "width": 4, "steps": 10, "sample_every": 10}
+ARGS = ["--aug", "gan", *[x for k, v in GAN.items() for x in ("--aug-param", f"{k}={v}")],
+        "--synthetic-per-class", 4, "--backbone", TINY, "--folds", 3, "--fold-subset", "0,1",
         "--epochs", 1, "--batch-size", 8, "--real-per-class", 8, "--device", "cpu"]
 
 
@@ -55,13 +57,13 @@ def test_table_has_both_arms_and_both_splits(experiment):
                  "folds.csv"):
         assert (out / name).is_file(), name
     md = (out / "table.md").read_text()
-    assert "| classic |" in md and "| classic + none |" in md and md in output + "\n"
+    assert "| classic |" in md and "| classic + gan |" in md and md in output + "\n"
     for label in ("macro F1 (Kaggle) train", "macro F1 (Kaggle) val", "macro F1 (Eq. 8) val",
                   "micro F1 train", "accuracy val"):
         assert label in md
     rows = _csv(out / "results.csv")
     assert {(r["aug"], r["fold"], r["split"]) for r in rows} == {
-        (a, f, s) for a in ("classic", "none") for f in ("0", "1") for s in ("train", "val")}
+        (a, f, s) for a in ("classic", "gan") for f in ("0", "1") for s in ("train", "val")}
 
 
 @pytest.mark.slow
@@ -71,7 +73,7 @@ def test_scores_are_the_runs_own(experiment):
 
     out, _ = experiment
     rows = _csv(out / "results.csv")
-    for aug in ("classic", "none"):
+    for aug in ("classic", "gan"):
         ev = evaluate_run(out / "runs" / aug / "fold_1", device="cpu")
         r = next(r for r in rows if (r["aug"], r["fold"], r["split"]) == (aug, "1", "val"))
         assert float(r["macro_f1"]) == pytest.approx(ev.at_half["macro_f1"], abs=1e-5)
@@ -92,12 +94,12 @@ def test_mean_sd_and_paired_t_interval(experiment):
     rows = _csv(out / "results.csv")
     val = lambda aug: np.array([float(r["macro_f1"]) for r in rows  # noqa: E731
                                 if r["aug"] == aug and r["split"] == "val"])
-    a, b = val("classic"), val("none")
+    a, b = val("classic"), val("gan")
     table = {r["aug"]: r for r in _csv(out / "table.csv")}
     assert float(table["classic"]["val_macro_f1_mean"]) == pytest.approx(a.mean(), abs=1e-6)
     assert float(table["classic"]["val_macro_f1_sd"]) == pytest.approx(a.std(ddof=1), abs=1e-6)
     d = next(r for r in _csv(out / "differences.csv")
-             if (r["aug"], r["split"], r["metric"]) == ("none", "val", "macro_f1"))
+             if (r["aug"], r["split"], r["metric"]) == ("gan", "val", "macro_f1"))
     assert [float(x) for x in d["fold_differences"].split()] == pytest.approx(b - a, abs=1e-6)
     assert float(d["mean"]) == pytest.approx((b - a).mean(), abs=1e-6)
     if np.std(b - a) > 0:
@@ -112,17 +114,20 @@ def test_both_arms_share_folds_and_seed(experiment):
 
     out, _ = experiment
     shared = (out / "folds.csv").read_text()
-    cfgs = [read_config(out / "runs" / a / "fold_0" / "config.yaml") for a in ("classic", "none")]
-    assert cfgs[0].replace(aug="none", aug_params={}, out="x") == cfgs[1].replace(out="x")
+    cfgs = [read_config(out / "runs" / a / "fold_0" / "config.yaml") for a in ("classic", "gan")]
+    assert cfgs[1].aug == "gan" and cfgs[1].aug_params == GAN and cfgs[0].aug == "classic"
+    assert cfgs[0].replace(aug="gan", aug_params=GAN, out="x") == cfgs[1].replace(out="x")
+    # the synthesizer arm really added synthetic images, fitted on fold 0's training images
+    assert (out / "runs" / "gan" / "fold_0" / "synthetic.csv").is_file()
     assert cfgs[0].real_per_class == 8 and cfgs[0].backbone == TINY and cfgs[0].head == "paper"
-    for a in ("classic", "none"):
+    for a in ("classic", "gan"):
         assert (out / "runs" / a / "fold_0" / "folds.csv").read_text() == shared
 
 
 @pytest.mark.slow
 def test_rerun_reuses_finished_runs(experiment, cache):
     out, _ = experiment
-    ckpt = out / "runs" / "none" / "fold_0" / "last.pt"
+    ckpt = out / "runs" / "gan" / "fold_0" / "last.pt"
     before = ckpt.stat().st_mtime_ns
     invoke("experiment", "gan-vs-classic", "--data", cache, *ARGS, "--out", out)
     assert ckpt.stat().st_mtime_ns == before

@@ -24,15 +24,56 @@ TOP5: tuple[int, ...] = (0, 25, 21, 2, 23)
 STAINS: tuple[str, ...] = ("green", "red", "blue", "yellow")
 
 
-def parse_classes(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """``all`` -> 0..27, ``top5`` -> the paper's five, ``"0,25,2"`` -> those indices (in
-    order): the one parser of ``--classes``.
+# --classes present: the classes with at least this many images
+PRESENT_MIN = 10
+
+
+def present_min(spec: Any) -> int | None:
+    """N of a ``present`` / ``present:N`` class spec, or None for any other spec.
 
     Raises:
-        HpatkError: anything else, repeated or out-of-range indices.
+        HpatkError: ``present:`` followed by anything but an integer >= 1.
     """
     from hpatk.core.errors import HpatkError
 
+    if not isinstance(spec, str) or not spec.startswith("present"):
+        return None
+    rest = spec[len("present"):]
+    if not rest:
+        return PRESENT_MIN
+    try:
+        n = int(rest[1:]) if rest[0] == ":" else -1
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise HpatkError(f"--classes: '{spec}' must be 'present' or 'present:N' with N >= 1 "
+                         f"(the classes with at least N images)")
+    return n
+
+
+def parse_classes(spec: str | list[int] | tuple[int, ...],
+                  counts: Any = None) -> tuple[int, ...]:
+    """``all`` -> 0..27, ``top5`` -> the paper's five, ``"0,25,2"`` -> those indices (in
+    order), ``present`` / ``present:N`` -> the classes with at least N (default
+    :data:`PRESENT_MIN`) images according to ``counts`` (per-class image counts, (28,)):
+    the one parser of ``--classes``.
+
+    Raises:
+        HpatkError: anything else, repeated or out-of-range indices, ``present`` without
+            ``counts`` or with no class reaching N.
+    """
+    from hpatk.core.errors import HpatkError
+
+    n_min = present_min(spec)
+    if n_min is not None:
+        if counts is None:
+            raise HpatkError(f"--classes {spec}: needs the data's label counts")
+        counts = [int(c) for c in counts]
+        idx = tuple(i for i, c in enumerate(counts) if c >= n_min)
+        if not idx:
+            raise HpatkError(f"--classes {spec}: no class has {n_min} or more images (the "
+                             f"most is {max(counts, default=0)}); lower N with present:N")
+        return idx
     if isinstance(spec, (list, tuple)):
         items = [str(s) for s in spec]
     elif spec == "all":
@@ -44,8 +85,8 @@ def parse_classes(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     try:
         idx = tuple(int(s) for s in items)
     except ValueError:
-        raise HpatkError(f"--classes must be 'all', 'top5' or class indices like '0,25,2', "
-                         f"not '{spec}'") from None
+        raise HpatkError(f"--classes must be 'all', 'top5', 'present[:N]' or class indices "
+                         f"like '0,25,2', not '{spec}'") from None
     if not idx or len(set(idx)) != len(idx) or not all(0 <= i < NUM_CLASSES for i in idx):
         raise HpatkError(f"--classes: '{spec}' must list distinct indices in 0..{NUM_CLASSES - 1}")
     return idx

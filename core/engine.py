@@ -35,7 +35,7 @@ from hpatk.core.classes import CLASS_NAMES
 from hpatk.core.device import amp_setup, resolve_device
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import make_dirs, remove_stale_temps, writer_lock
-from hpatk.core.metrics import classification_metrics, predicted_metrics
+from hpatk.core.metrics import classification_metrics, describe_macro_f1, predicted_metrics
 from hpatk.core.progress import progress
 from hpatk.core.registry import get_registry
 from hpatk.core.run import (
@@ -292,6 +292,10 @@ class FoldResult:
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=list)
     epochs_done: int = 0
+    # the best macro-F1 model on the validation images: the run's out-of-fold predictions
+    val_ids: list[str] = field(default_factory=list)
+    val_probs: np.ndarray | None = None  # (M, K) float32
+    val_targets: np.ndarray | None = None  # (M, K) uint8
 
 
 @dataclass
@@ -409,7 +413,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                              fold_dir / "config.yaml", extra=info)
             results.append(_train_fold(cfg, plan, fold, fold_dir, resume=fold_resume))
         if cfg.fold == "all" and ddp.is_main():
-            write_fold_summary(out, results)
+            from hpatk.core.oof import write_oof
+
+            write_fold_summary(out, results, write_oof(out, plan, results, cfg))
         return results
 
 
@@ -559,7 +565,8 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
                "train_loss": train_loss, "val_loss": float(res.loss),
                "val_macro_f1": m["macro_f1"], "val_micro_f1": m["micro_f1"],
                "val_accuracy": m["accuracy"], "val_paper_macro_f1": m["paper_macro_f1"],
-               "time": time.monotonic() - t0}
+               "val_macro_f1_all": m["macro_f1_all"],
+               "val_classes_present": m["classes_present"], "time": time.monotonic() - t0}
         rows.append(row)
         metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
         ckpt = None
@@ -581,7 +588,7 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
         save_checkpoint(full, run_dir / "last.pt")
         write_metrics(run_dir / "metrics.csv", rows)
         print(f"{desc}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
-              f"macro_f1 {row['val_macro_f1']:.4f} micro_f1 {row['val_micro_f1']:.4f} "
+              f"{describe_macro_f1(m)}, micro F1 {row['val_micro_f1']:.4f} "
               f"acc {row['val_accuracy']:.4f} ({row['time']:.0f}s)", file=sys.stderr)
     del train_loader, val_loader
     return _finish(st, rows, best, val_ds, prep, workers)
@@ -625,13 +632,19 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     f1_t = per_class_f1(y, pred_t)
     at_half = classification_metrics(res.targets, res.probs)
     tuned = predicted_metrics(y, pred_t)
-    result = FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows))
+    val_ids = [st.plan.ids[r] for r in st.plan.split(st.fold)[1]]  # infer's order
+    result = FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows), val_ids,
+                        res.probs.astype(np.float32), y)
     if not ddp.is_main():
         return result
     write_thresholds(run_dir / "thresholds.json", st.classes, st.class_names, thr.tolist(),
                      checkpoint="best_macro_f1.pt", epoch=int(ckpt["epoch"]), fold=st.fold,
                      macro_f1_at_0_5=round(at_half["macro_f1"], 6),
                      macro_f1_tuned=round(tuned["macro_f1"], 6),
+                     macro_f1_all_tuned=round(tuned["macro_f1_all"], 6),
+                     classes_present=tuned["classes_present"],
+                     macro_f1_note="over the classes present in the validation fold; "
+                                   "macro_f1_all_tuned: over all the model's classes",
                      note="tuned on the validation fold (F1-optimal per class)")
     ckpt["thresholds"] = [float(t) for t in thr]
     save_checkpoint(ckpt, best_path)
@@ -648,7 +661,8 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                   "best_macro_f1.pt, tuned thresholds": {
         "epoch": int(ckpt["epoch"]), "val_macro_f1": tuned["macro_f1"],
         "val_micro_f1": tuned["micro_f1"], "val_accuracy": tuned["accuracy"],
-        "val_paper_macro_f1": tuned["paper_macro_f1"]}}
+        "val_paper_macro_f1": tuned["paper_macro_f1"],
+        "val_macro_f1_all": tuned["macro_f1_all"]}}
     write_report(run_dir, title=f"hpatk run: {cfg.backbone}, fold {st.fold}", rows=rows,
                  settings=settings, best=best_tuned, class_names=st.class_names, f1=list(f1),
                  f1_tuned=list(f1_t), thresholds=thr.tolist(),
@@ -666,13 +680,16 @@ def _aug_text(cfg: TrainConfig) -> str:
             f"{choice.batch or 'no'} batch augmentation")
 
 
-def write_fold_summary(out: Path, results: list[FoldResult]) -> None:
-    """``summary.md`` / ``summary.csv``: each fold's best validation metrics, mean +- sd."""
+def write_fold_summary(out: Path, results: list[FoldResult],
+                       oof: dict[str, Any] | None = None) -> None:
+    """``summary.md`` / ``summary.csv``: each fold's best validation metrics, mean +- sd,
+    and the out-of-fold metrics (``oof``, from :func:`hpatk.core.oof.write_oof`)."""
     import csv
 
     from hpatk.core.io import atomic_open
 
-    keys = ("val_macro_f1", "val_micro_f1", "val_accuracy", "val_paper_macro_f1")
+    keys = ("val_macro_f1", "val_macro_f1_all", "val_micro_f1", "val_accuracy",
+            "val_paper_macro_f1")
     rows = [{"fold": r.fold, "epoch": r.best["best_macro_f1"]["epoch"],
              **{k: r.best["best_macro_f1"].get(k, float("nan")) for k in keys}}
             for r in results]
@@ -680,15 +697,21 @@ def write_fold_summary(out: Path, results: list[FoldResult]) -> None:
         w = csv.DictWriter(f, fieldnames=["fold", "epoch", *keys])
         w.writeheader()
         w.writerows(rows)
+    k = len(results[0].thresholds) if results else 0
     lines = ["# Cross-validation summary (best macro-F1 checkpoint per fold)", "",
-             "| fold | epoch | macro F1 (Kaggle) | micro F1 | accuracy | macro F1 (Eq. 8) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['fold']} | {r['epoch']} | {r['val_macro_f1']:.4f} | "
-              f"{r['val_micro_f1']:.4f} | {r['val_accuracy']:.4f} | "
-              f"{r['val_paper_macro_f1']:.4f} |" for r in rows]
-    stats = [np.array([r[k] for r in rows]) for k in keys]
+             f"Macro F1 (Kaggle: mean of per-class F1) over the classes present in each "
+             f"validation fold; 'all {k}': the same over every class of the model (absent "
+             f"classes score 0); Eq. 8: the paper's F1 of mean precision and recall.", "",
+             f"| fold | epoch | macro F1 (Kaggle) | macro F1 (all {k}) | micro F1 | accuracy "
+             f"| macro F1 (Eq. 8) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join([str(r["fold"]), str(r["epoch"])]
+                                + [f"{r[key]:.4f}" for key in keys]) + " |" for r in rows]
+    stats = [np.array([r[key] for r in rows]) for key in keys]
     lines.append("| mean +- sd | | " + " | ".join(
         f"{s.mean():.4f} +- {s.std(ddof=1) if len(s) > 1 else 0.0:.4f}" for s in stats) + " |")
+    if oof:
+        lines += ["", "## Out-of-fold", "", *oof["lines"]]
     with atomic_open(out / "summary.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -21,7 +21,9 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> P
     ax[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
     ax[0].set(title="loss", xlabel="epoch", ylabel="loss (training objective)")
     ax[0].legend()
-    for key, label in (("val_macro_f1", "macro F1"), ("val_micro_f1", "micro F1"),
+    present = rows[-1].get("val_classes_present")
+    macro = f"macro F1 ({int(present)} classes present)" if present is not None else "macro F1"
+    for key, label in (("val_macro_f1", macro), ("val_micro_f1", "micro F1"),
                        ("val_accuracy", "accuracy")):
         ax[1].plot(ep, [r[key] for r in rows], "o-", label=label)
     ax[1].set(title="validation metrics (threshold 0.5)", xlabel="epoch", ylabel="score",
@@ -74,12 +76,16 @@ def write_report(run_dir: str | os.PathLike[str], *, title: str, rows: list[dict
                  settings: dict[str, Any], best: dict[str, dict[str, Any]],
                  class_names: Sequence[str], f1: Sequence[float], f1_tuned: Sequence[float],
                  thresholds: Sequence[float], support: Sequence[int],
-                 notes: Sequence[str] = ()) -> Path:
+                 notes: Sequence[str] = (), evaluated: str = "the validation fold") -> Path:
     """Write ``report.md``, ``curves.png`` and ``per_class_f1.png`` into ``run_dir``.
 
     Args:
         best: checkpoint name -> {"epoch": int, metric: value, ...}.
         f1, f1_tuned, thresholds, support: per class, in ``class_names`` order.
+        evaluated: what the metrics were computed on (for the report's sentences).
+
+    Macro F1 is over the classes present (support > 0); the mean over all classes is a
+    column of its own, named as such.
     """
     run_dir = Path(run_dir)
     lines = [f"# {title}", ""]
@@ -88,33 +94,46 @@ def write_report(run_dir: str | os.PathLike[str], *, title: str, rows: list[dict
     plot_per_class(class_names, f1, run_dir / "per_class_f1.png", f1_tuned)
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    k = len(class_names)
+    present = sum(1 for s in support if s > 0)
     lines += ["", "## Checkpoints", "",
-              "| checkpoint | epoch | val loss | macro F1 (Kaggle) | macro F1 (paper Eq. 8) "
-              "| micro F1 | accuracy |",
+              f"| checkpoint | epoch | val loss | macro F1 ({present} of {k} present) | "
+              f"macro F1 (all {k}) | macro F1 (paper Eq. 8) | micro F1 | accuracy |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in best.items():
         lines.append(f"| {name} | {m.get('epoch', '')} | {_fmt(m.get('val_loss', ''))} | "
                      f"{_fmt(m.get('val_macro_f1', ''))} | "
-                     f"{_fmt(m.get('val_paper_macro_f1', ''))} | {_fmt(m.get('val_micro_f1', ''))} "
-                     f"| {_fmt(m.get('val_accuracy', ''))} |")
-    lines += ["", "Metrics on the validation fold at threshold 0.5. Macro F1 (Kaggle): the mean "
-              "of per-class F1; macro F1 (paper Eq. 8): the F1 of the mean precision and mean "
-              "recall (never below the Kaggle value).", ""]
+                     f"{_fmt(m.get('val_macro_f1_all', ''))} | "
+                     f"{_fmt(m.get('val_paper_macro_f1', ''))} | "
+                     f"{_fmt(m.get('val_micro_f1', ''))} | "
+                     f"{_fmt(m.get('val_accuracy', ''))} |")
+    absent = [n for n, s in zip(class_names, support, strict=True) if s == 0]
+    lines += ["", f"Metrics on {evaluated}, at threshold 0.5 unless named otherwise. Macro F1 "
+              f"(Kaggle: the mean of per-class F1) is over the {present} of {k} classes present "
+              f"(at least one positive image); 'all {k}' averages every class of the model, "
+              f"absent ones scoring 0"
+              + (f" (absent: {', '.join(absent)})" if absent else "")
+              + "; macro F1 (paper Eq. 8): the F1 of the mean precision and mean recall over "
+              "the classes present (never below the Kaggle value).", ""]
     if rows:
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
-    lines += ["## Per-class F1 (best macro-F1 model, validation fold)", "",
+    lines += [f"## Per-class F1 ({'best macro-F1 model, ' if rows else ''}{evaluated})", "",
               "![per-class F1](per_class_f1.png)", "",
               "| class | support | F1 @0.5 | threshold | F1 @threshold |",
               "|---|---:|---:|---:|---:|"]
     for n, s, a, t, b in zip(class_names, support, f1, thresholds, f1_tuned, strict=True):
-        lines.append(f"| {n} | {s} | {a:.3f} | {t:.2f} | {b:.3f} |")
-    lines += ["", "Thresholds are tuned on this same fold, so the tuned column is optimistic.",
-              ""]
+        if s == 0:  # no positive image: F1 is 0 whatever the model does
+            lines.append(f"| {n} | 0 (absent) | - | {t:.2f} | - |")
+        else:
+            lines.append(f"| {n} | {s} | {a:.3f} | {t:.2f} | {b:.3f} |")
+    lines += ["", "Thresholds are tuned on these same images, so the tuned column is "
+              "optimistic.", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     if rows:
         lines += ["## Epochs", "", "| epoch | lr | batch | train loss | val loss | "
-                  "macro F1 (Kaggle) | micro F1 | accuracy | time (s) |", "|---:" * 9 + "|"]
+                  f"macro F1 (Kaggle, {present} present) | micro F1 | accuracy | time (s) |",
+                  "|---:" * 9 + "|"]
         for r in rows:
             lines.append(f"| {r['epoch']} | {r['lr']:.2e} | {r['batch_size']} | "
                          f"{r['train_loss']:.4f} | {r['val_loss']:.4f} | {r['val_macro_f1']:.4f} "

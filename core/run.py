@@ -19,9 +19,12 @@ from typing import Any
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open
 
-# val_macro_f1: Kaggle (mean per-class F1); val_paper_macro_f1: the paper's Eq. 8
+# val_macro_f1: Kaggle (mean per-class F1) over the classes present in the validation fold
+# (val_classes_present of them); val_macro_f1_all: the same over every class of the model
+# (absent ones score 0); val_paper_macro_f1: the paper's Eq. 8 over the classes present
 METRIC_COLUMNS = ("epoch", "lr", "batch_size", "train_loss", "val_loss", "val_macro_f1",
-                  "val_micro_f1", "val_accuracy", "val_paper_macro_f1", "time")
+                  "val_micro_f1", "val_accuracy", "val_paper_macro_f1", "val_macro_f1_all",
+                  "val_classes_present", "time")
 CHECKPOINT_NAMES = ("best_macro_f1", "best_loss", "best_micro_f1", "last")
 # checkpoint file -> (metric it tracks, True if larger is better)
 BEST = {"best_loss": ("val_loss", False), "best_macro_f1": ("val_macro_f1", True),
@@ -37,7 +40,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             d: dict[str, Any] = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for k in ("epoch", "batch_size"):
+            for k in ("epoch", "batch_size", "val_classes_present"):
                 if k in d:
                     d[k] = int(d[k])
             rows.append(d)

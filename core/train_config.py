@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatk.core.classes import parse_classes
+from hpatk.core.classes import parse_classes, present_min
 from hpatk.core.errors import HpatkError
 
 # Settings that may change when a run is resumed: they do not alter what is computed.
@@ -80,9 +80,10 @@ class TrainConfig:
         grown = self.batch_size * 2 ** (epoch // self.batch_double_every)
         return max(self.batch_size, min(grown, self.max_batch_size))
 
-    def class_indices(self) -> tuple[int, ...]:
-        """The class indices this run predicts, in order (``all``, ``top5`` or ``0,25,2``)."""
-        return parse_classes(self.classes)
+    def class_indices(self, counts: Any = None) -> tuple[int, ...]:
+        """The class indices this run predicts, in order (``all``, ``top5``, ``0,25,2``,
+        or ``present[:N]`` given the data's per-class image ``counts`` (28,))."""
+        return parse_classes(self.classes, counts)
 
     def fold_list(self) -> list[int]:
         """The folds this run trains: ``[fold]`` or every fold for ``"all"``."""
@@ -191,7 +192,8 @@ class TrainConfig:
         if self.in_stains is not None and not self.in_stains:
             raise bad("in_stains", "must name at least one stain")
         try:
-            parse_classes(self.classes)
+            if present_min(self.classes) is None:  # present[:N] is resolved on the data
+                parse_classes(self.classes)
         except HpatkError as exc:
             msg = str(exc).removeprefix("--classes")
             raise HpatkError(self.where("classes") + msg) from None
@@ -267,7 +269,7 @@ def _check_type(value: Any, kind: str, bad: Any) -> Any:
                 isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
         if not isinstance(value, str):
-            raise bad(f"must be 'all', 'top5' or class indices like '0,25,2', not {shown}")
+            raise bad(f"must be 'all', 'top5', 'present[:N]' or indices like '0,25,2', not {shown}")
         return value
     if kind == "stains":  # a list of names, or one comma-separated text
         if isinstance(value, str):

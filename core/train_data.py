@@ -5,6 +5,7 @@ and the datasets of one fold (real, plus fold-safe synthetic samples with a synt
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,9 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
 
     index = open_cache(cfg)
     path, meta, labels, ids = index.path, index.meta, index.labels, index.ids
-    classes = cfg.class_indices()
+    counts = np.asarray(labels).sum(axis=0)
+    classes = cfg.class_indices(counts)
+    warn_sparse_classes(cfg.classes, classes, counts, str(cfg.data))
     try:
         rows, folds = assign_folds(labels, ids, classes, k=cfg.folds, seed=cfg.seed,
                                    folds_file=folds_csv or cfg.folds_file)
@@ -145,6 +148,42 @@ def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None)
                     folds=folds, cache_stains=cache_stains, stains=stains,
                     size=int(meta.get("size", cfg.size or 0)), enhance=enhance_of(meta),
                     index=index, real_per_class=cfg.real_per_class, seed=cfg.seed)
+
+
+_WARNED: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def sparse_classes(classes: tuple[int, ...], counts: np.ndarray,
+                   n_min: int | None = None) -> list[int]:
+    """The selected classes with fewer than ``n_min`` (``PRESENT_MIN``) images."""
+    from hpatk.core.classes import PRESENT_MIN
+
+    n_min = PRESENT_MIN if n_min is None else n_min
+    return [c for c in classes if int(counts[c]) < n_min]
+
+
+def warn_sparse_classes(spec: Any, classes: tuple[int, ...], counts: np.ndarray,
+                        source: str) -> list[int]:
+    """Warn once per data and class set (stderr) about selected classes with too few
+    images to learn or score: they dilute a mean over all classes. Returns them."""
+    from hpatk.core.classes import CLASS_NAMES, PRESENT_MIN, present_min
+
+    if present_min(spec) is not None:
+        return []
+    sparse = sparse_classes(classes, counts)
+    key = (source, tuple(classes))
+    if not sparse or key in _WARNED:
+        return sparse
+    _WARNED.add(key)
+    shown = ", ".join(f"{CLASS_NAMES[c]} ({int(counts[c])})" for c in sparse[:8])
+    more = f" and {len(sparse) - 8} more" if len(sparse) > 8 else ""
+    kept = len(classes) - len(sparse)
+    print(f"warning: --classes {spec}: {len(sparse)} of {len(classes)} classes have fewer "
+          f"than {PRESENT_MIN} images in '{source}': {shown}{more}; they cannot be learned or "
+          f"scored reliably (hpatk's macro F1 counts only classes present, the all-class mean "
+          f"is diluted by them); --classes present trains on the {kept} with {PRESENT_MIN} "
+          f"or more (present:N for another N)", file=sys.stderr)
+    return sparse
 
 
 def write_run_folds(plan: DataPlan, path: str | os.PathLike[str]) -> None:

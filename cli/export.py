@@ -12,10 +12,13 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The .onnx file to write (replaced only when every check passes); "
                    "required unless CHECKPOINT is an exported .onnx and --triton-repo is given.")
+@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+              help="Classifiers and runs: bake test-time augmentation into the graph (flips: "
+                   "the mean over the 4 horizontal/vertical flips).")
 @click.option("--opset", type=click.IntRange(7, 30), default=None,
               help="ONNX opset [default: 17 with --legacy, 18 with --dynamo].")
 @click.option("--dynamo/--legacy", default=None,
@@ -41,12 +44,16 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
               help="The model's name in --triton-repo [default: the .onnx file's stem].")
 @click.option("--triton-max-batch", type=click.IntRange(1), default=16, show_default=True,
               help="max_batch_size of the Triton model (dynamic batching up to it).")
-def export(checkpoint: str, out: str | None, opset: int | None, dynamo: bool | None,
+def export(checkpoint: str, out: str | None, tta: str, opset: int | None, dynamo: bool | None,
            probabilities: bool,
            size: int | None, no_verify: bool, quantize: str | None, calibration: str | None,
            calibration_n: int, triton_repo: str | None, triton_name: str | None,
            triton_max_batch: int) -> None:
-    """Export a trained checkpoint (classifier or generator) to ONNX.
+    """Export a trained checkpoint (classifier or generator) or a run folder to ONNX.
+
+    CHECKPOINT may be a run folder: a one-fold run exports its best_macro_f1.pt; an
+    all-folds run (train --fold all) exports ONE model averaging every fold's
+    probabilities, with the run's out-of-fold thresholds (RUN/thresholds.json).
 
     The checkpoint's kind picks the exporter. A classifier takes float images
     (B, C, S, S) in [0, 1] (normalisation is inside the graph) with a dynamic batch
@@ -63,7 +70,10 @@ def export(checkpoint: str, out: str | None, opset: int | None, dynamo: bool | N
       hpatk export gans/class_00/generator.pt --out gen0.onnx --dynamo
       hpatk export run1/best_macro_f1.pt --out model.onnx --triton-repo triton-models
       hpatk export model.onnx --triton-repo triton-models    # package an exported model
+      hpatk export run5 --out ensemble.onnx --tta flips     # all folds, one model
     """
+    from pathlib import Path
+
     from hpatk.core.errors import HpatkError
 
     if checkpoint.endswith(".onnx"):
@@ -78,22 +88,41 @@ def export(checkpoint: str, out: str | None, opset: int | None, dynamo: bool | N
     if out is None:
         raise click.UsageError("Missing option '--out'.")
     if triton_repo is not None:  # a bad target fails before the export's work
-        from pathlib import Path
-
         from hpatk.export.triton import triton_target
 
         triton_target(triton_repo, triton_name or Path(out).stem)
     from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
 
-    res = export_checkpoint(checkpoint, out, opset=opset,
-                            exporter={None: "auto", True: "dynamo", False: "legacy"}[dynamo],
-                            output="probabilities" if probabilities else "logits",
-                            size=size, verify=not no_verify, quantize=quantize,
-                            calibration=calibration, calibration_n=calibration_n)
+    options = dict(opset=opset, exporter={None: "auto", True: "dynamo", False: "legacy"}[dynamo],
+                   output="probabilities" if probabilities else "logits", size=size,
+                   verify=not no_verify, quantize=quantize, calibration=calibration,
+                   calibration_n=calibration_n)
+    if not Path(checkpoint).exists():
+        raise click.ClickException(f"'{checkpoint}' does not exist")
+    if Path(checkpoint).is_dir() or tta != "none":
+        from hpatk.export.ensemble import export_ensemble, export_run
+
+        if Path(checkpoint).is_dir():
+            res = export_run(checkpoint, out, tta=tta, **options)
+        else:
+            from hpatk.core.checkpoint import load_checkpoint
+
+            res = export_ensemble([checkpoint], out, tta=tta,
+                                  thresholds=load_checkpoint(checkpoint).get("thresholds"),
+                                  **options)
+    else:
+        res = export_checkpoint(checkpoint, out, **options)
     mb = sum(f.stat().st_size for f in res.files) / 1e6
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"exported {res.kind}: {res.summary}")
+    ens = res.metadata.get("ensemble")
+    if ens and ens.get("oof"):
+        oof = ens["oof"]
+        click.echo(f"  folds {','.join(map(str, ens['folds']))}; out-of-fold thresholds "
+                   f"({oof.get('images')} images: macro F1 {oof.get('macro_f1_at_0_5', 0):.4f} "
+                   f"at 0.5, {oof.get('macro_f1_tuned', 0):.4f} tuned, over "
+                   f"{oof.get('classes_present')} classes present)")
     click.echo(f"  {', '.join(str(f) for f in res.files)} ({mb:.1f} MB), {res.exporter} "
                f"exporter, opset {res.opset}, onnx.checker full check passed, "
                f"{res.seconds:.1f} s")
@@ -178,7 +207,10 @@ def predict(model: str, images_dir: str, out: str, ids_csv: str | None, split: s
     click.echo(f"model: {meta.get('backbone') or 'classifier'}, {len(clf.classes)} classes, "
                f"{'+'.join(clf.stains)} at {clf.size} px, {meta['enhance']['name']}"
                f"({enh}), {'tuned' if meta['thresholds'] else 'default 0.5'} thresholds"
-               + (", int8" if meta.get("quantization") else ""))
+               + (", int8" if meta.get("quantization") else "")
+               + (f", ensemble of {meta['ensemble']['members']} models"
+                  if meta.get("ensemble") else "")
+               + (", flips TTA in the graph" if meta.get("tta") == "flips" else ""))
     samples = select_samples(images_dir, split=split, ids_csv=ids_csv, stains=clf.stains)
     start = time.monotonic()
     result = predict_folder(clf, samples, batch_size=batch, tta=tta, workers=workers)

@@ -210,7 +210,7 @@ def train_config(config_path: str | None, resume: bool, recipe: str | None,
 
 
 @click.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=click.Path(exists=True))
 @click.option("--data", type=click.Path(exists=True), help="Evaluate on this cache or "
               "dataset folder (every image with one of the run's classes) instead of the "
               "validation fold.")
@@ -231,6 +231,10 @@ def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out:
              device: str, workers: int, tta: str) -> None:
     """Recompute a run's metrics on its validation fold(s) or a whole dataset.
 
+    RUN may also be an exported ONNX classifier (a fold ensemble too) with --data DIR:
+    every labelled image of DIR through the hpatk predict path, with the model's
+    thresholds.
+
     Prints macro/micro F1 and accuracy at threshold 0.5 and with the tuned thresholds
     (thresholds.json), and per-class F1. An all-folds run is evaluated out-of-fold
     (each fold's images by that fold's model); with --data, its models are averaged.
@@ -240,20 +244,31 @@ def evaluate(run: str, data: str | None, fold: int | None, checkpoint: str, out:
       hpatk evaluate run1
       hpatk evaluate run1 --data other-data --checkpoint best_loss --out preds.csv
       hpatk evaluate run1 --tta flips
+      hpatk evaluate ensemble.onnx --data hpa-data
     """
-    from hpatk.core.evaluate import evaluate_run
+    if Path(run).is_file():
+        if data is None or fold is not None or out is not None:
+            raise click.UsageError("an ONNX model is evaluated with --data DIR (a labelled "
+                                   "dataset folder) only; --fold and --out are for runs")
+        from hpatk.export.predict import evaluate_model
 
-    ev = evaluate_run(run, data=data, fold=fold, checkpoint=checkpoint, out=out,
-                      device=device, workers=workers, tta=tta)
-    click.echo(f"{checkpoint} on {ev.what}: {ev.n} images"
+        ev = evaluate_model(run, data, tta=tta)
+        source = "model"
+    else:
+        from hpatk.core.evaluate import evaluate_run
+
+        ev = evaluate_run(run, data=data, fold=fold, checkpoint=checkpoint, out=out,
+                          device=device, workers=workers, tta=tta)
+        source = checkpoint
+    click.echo(f"{source} on {ev.what}: {ev.n} images"
                + (" (tta flips: mean of the 4 flips)" if tta != "none" else ""))
     p, k = ev.at_half["classes_present"], ev.at_half["classes"]
-    click.echo(f"{'':18} {'macro F1 (Kaggle)':>17} {f'all {k}':>9} {'macro F1 (Eq. 8)':>16} "
-               f"{'micro F1':>9} {'accuracy':>9}")
+    click.echo(f"{'':18} {'macro F1 (Kaggle)':>17} {'macro F1 (Eq. 8)':>16} {'micro F1':>9} "
+               f"{'accuracy':>9} {f'all {k}':>9}")
     for label, m in (("threshold 0.5", ev.at_half), ("tuned thresholds", ev.tuned)):
         if m is not None:
-            click.echo(f"{label:18} {m['macro_f1']:17.4f} {m['macro_f1_all']:9.4f} "
-                       f"{m['paper_macro_f1']:16.4f} {m['micro_f1']:9.4f} {m['accuracy']:9.4f}")
+            click.echo(f"{label:18} {m['macro_f1']:17.4f} {m['paper_macro_f1']:16.4f} "
+                       f"{m['micro_f1']:9.4f} {m['accuracy']:9.4f} {m['macro_f1_all']:9.4f}")
     click.echo(f"macro F1 (Kaggle): mean of per-class F1; macro F1 (Eq. 8): the paper's F1 of "
                f"mean precision and mean recall; both over the {p} of {k} classes present in "
                f"these images; 'all {k}': the Kaggle mean over every class of the model "

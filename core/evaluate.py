@@ -143,6 +143,34 @@ class Evaluation:
     support: np.ndarray
 
 
+def evaluation_of(what: str, probs: np.ndarray, targets: np.ndarray, classes: list[int],
+                  thresholds: Any = None) -> Evaluation:
+    """The metrics of one model's probabilities: at 0.5 and (with ``thresholds``) as
+    ``predict`` applies them (at least one label per image).
+
+    Shape:
+        probs (N, K) float, targets (N, K) 0/1, thresholds (K,) or None.
+    """
+    from hpatk.core.classes import CLASS_NAMES
+    from hpatk.core.metrics import (
+        apply_thresholds,
+        classification_metrics,
+        per_class_f1,
+        predicted_metrics,
+    )
+
+    y = (np.asarray(targets) > 0.5).astype(np.uint8)
+    tuned = pc_t = None
+    if thresholds is not None:
+        pred = np.asarray(apply_thresholds(probs, np.asarray(thresholds, dtype=np.float64),
+                                           at_least_one=True), dtype=np.uint8)
+        tuned, pc_t = predicted_metrics(y, pred), np.asarray(per_class_f1(y, pred))
+    return Evaluation(what, len(y), [CLASS_NAMES[c] for c in classes],
+                      classification_metrics(y, probs),
+                      tuned, np.asarray(per_class_f1(y, (probs >= 0.5).astype(np.uint8))),
+                      pc_t, y.sum(0).astype(int))
+
+
 def evaluate_run(run: str | os.PathLike[str], *, data: str | None = None,
                  fold: int | None = None, checkpoint: str = "best_macro_f1",
                  out: str | os.PathLike[str] | None = None, device: str = "auto",

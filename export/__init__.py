@@ -5,10 +5,12 @@ Cheap to import: torch, onnx and onnxruntime load inside the functions that use 
     from hpatk.export import export_checkpoint, OnnxClassifier
 
     export_checkpoint("run1/best_macro_f1.pt", "model.onnx")
+    export_run("run5", "ensemble.onnx", tta="flips")   # all folds -> one averaged model
     clf = OnnxClassifier("model.onnx", provider="cpu")
     pred = clf.predict(images)      # uint8 (B, 4, H, W) raw stains -> Prediction
 """
 
+from hpatk.export.ensemble import export_ensemble, export_run
 from hpatk.export.metadata import decode_metadata, encode_metadata, validate_metadata
 from hpatk.export.onnx import (
     ExportOptions,
@@ -43,6 +45,8 @@ __all__ = [
     "decode_metadata",
     "encode_metadata",
     "export_checkpoint",
+    "export_ensemble",
+    "export_run",
     "exporter_kinds",
     "read_metadata",
     "register_exporter",

@@ -146,20 +146,45 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     """
     from hpatk.core.checkpoint import load_checkpoint
 
+    checkpoint = Path(checkpoint)
+    if Path(out).is_dir():
+        raise HpatkError(f"--out '{out}' is a folder; give a file name like model.onnx")
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt["kind"] not in KIND_EXPORTERS:
+        raise HpatkError(f"checkpoint '{checkpoint}': no exporter for kind '{ckpt['kind']}' "
+                         f"(known: {', '.join(exporter_kinds())})")
+    return export_loaded(ckpt, out, source=checkpoint.name, source_sha256=file_sha256(checkpoint),
+                         opset=opset, exporter=exporter, output=output, size=size, verify=verify,
+                         quantize=quantize, calibration=calibration, calibration_n=calibration_n)
+
+
+def export_loaded(ckpt: dict[str, Any], out: str | os.PathLike[str], *, source: str,
+                  source_sha256: str, opset: int | None = None, exporter: str = "auto",
+                  output: str = "probabilities", size: int | None = None, verify: bool = True,
+                  quantize: str | None = None,
+                  calibration: str | os.PathLike[str] | None = None, calibration_n: int = 64,
+                  spec_fn: Exporter | None = None) -> ExportResult:
+    """:func:`export_checkpoint` of a checkpoint dict already in memory.
+
+    Args:
+        source, source_sha256: provenance recorded in the metadata (``source_checkpoint``).
+        spec_fn: the exporter (default: the one registered for ``ckpt["kind"]``), e.g. the
+            fold ensemble's, which is no checkpoint kind on disk.
+        (the rest as :func:`export_checkpoint`)
+    """
     start = time.monotonic()
-    checkpoint, out = Path(checkpoint), Path(out)
+    out = Path(out)
     if exporter not in EXPORTERS:
         raise HpatkError(f"exporter must be one of {', '.join(EXPORTERS)}, not '{exporter}'")
     if output not in ("probabilities", "logits"):
         raise HpatkError(f"output must be 'probabilities' or 'logits', not '{output}'")
     if out.is_dir():
         raise HpatkError(f"--out '{out}' is a folder; give a file name like model.onnx")
-    ckpt = load_checkpoint(checkpoint)
     kind = ckpt["kind"]
-    if kind not in KIND_EXPORTERS:
-        raise HpatkError(f"checkpoint '{checkpoint}': no exporter for kind '{kind}' "
+    if spec_fn is None and kind not in KIND_EXPORTERS:
+        raise HpatkError(f"{source}: no exporter for kind '{kind}' "
                          f"(known: {', '.join(exporter_kinds())})")
-    spec = KIND_EXPORTERS[kind](ckpt, ExportOptions(output=output, size=size))
+    spec = (spec_fn or KIND_EXPORTERS[kind])(ckpt, ExportOptions(output=output, size=size))
     spec.module.eval()
     calib = _calibration(quantize, calibration, calibration_n, kind, spec.metadata)
     if verify:  # first: fail fast, before a possibly slow trace
@@ -181,8 +206,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     meta = {
         "kind": kind, "format": METADATA_FORMAT, **spec.metadata,
         "input_name": spec.input_name, "output_name": spec.output_name,
-        "hpatk_version": __version__, "source_checkpoint": checkpoint.name,
-        "source_sha256": file_sha256(checkpoint), "exporter": exporter, "opset": opset,
+        "hpatk_version": __version__, "source_checkpoint": source,
+        "source_sha256": source_sha256, "exporter": exporter, "opset": opset,
     }
     _set_metadata(proto, meta)
     proto.doc_string = f"hpatk {kind}: {spec.summary}"

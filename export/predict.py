@@ -188,6 +188,37 @@ def predict_folder(clf: OnnxClassifier, samples: Sequence[Any], *, batch_size: i
     return FolderPrediction([s.id for s in samples], probs, labels)
 
 
+def evaluate_model(model: str | os.PathLike[str], images_dir: str | os.PathLike[str], *,
+                   tta: str = "none", provider: str = "auto", threads: int | None = None,
+                   batch_size: int = 16, workers: int = 2) -> Any:
+    """``hpatk evaluate MODEL.onnx --data DIR``: an exported classifier (a fold ensemble
+    too) on every labelled image of ``DIR`` (Kaggle layout, ``train.csv``) that carries one
+    of its classes, through the same path as ``hpatk predict``.
+
+    Returns:
+        :class:`hpatk.core.evaluate.Evaluation` (tuned = the model's own thresholds).
+    """
+    from hpatk.core.evaluate import evaluation_of
+    from hpatk.export.runtime import OnnxClassifier
+
+    clf = OnnxClassifier(model, provider=provider, threads=threads)
+    col = {c: j for j, c in enumerate(clf.classes)}
+    samples = [s for s in select_samples(images_dir, split="train", stains=clf.stains)
+               if any(c in col for c in s.labels)]
+    if not samples:
+        raise DataError(f"--data '{images_dir}': no labelled image carries one of the model's "
+                        f"classes")
+    targets = np.zeros((len(samples), len(col)), np.uint8)
+    for i, s in enumerate(samples):
+        targets[i, [col[c] for c in s.labels if c in col]] = 1
+    res = predict_folder(clf, samples, batch_size=batch_size, tta=tta, workers=workers)
+    ens = clf.metadata.get("ensemble")
+    kind = f": ensemble of {ens['members']} models" if ens else ""
+    what = (f"'{images_dir}' (ONNX {Path(model).name}{kind}, tta {tta}"
+            f"{', flips in the graph' if clf.metadata.get('tta') == 'flips' else ''})")
+    return evaluation_of(what, res.probs, targets, clf.classes, clf.metadata["thresholds"])
+
+
 def write_outputs(clf: OnnxClassifier, result: FolderPrediction, out: str | os.PathLike[str],
                   probs_csv: str | os.PathLike[str] | None = None) -> None:
     """Write the submission (and the probabilities): both files or neither."""

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install install-test demo test lint bench docs clean
+.PHONY: install install-test demo test test-fast lint bench docs clean
 
 $(BIN)/hpatk: setup.py constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,13 @@ install-test: $(VENV)/.test-installed
 demo: install
 	$(BIN)/hpatk demo --out demo-run
 
+# test: everything (what CI runs), with the 25 slowest listed; test-fast: the inner loop,
+# without the tests marked slow (end-to-end trainings, subprocess pipelines).
 test: install-test
-	$(BIN)/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS) --durations=25 tests
+
+test-fast: install-test
+	$(BIN)/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS) -m "not slow" tests
 
 lint: install-test
 	$(BIN)/ruff check --line-length 100 --select E,F,W,I,B,UP --target-version py310 core plugins cli export tests

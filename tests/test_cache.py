@@ -324,6 +324,7 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc")
 def test_sigkill_mid_build_leaves_nothing_and_rerun_completes(synth_data, tmp_path):
     plugins = tmp_path / "plugins"

@@ -16,6 +16,7 @@ from hpatk.core.run import read_metrics
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 TINY = "timm:test_resnet"
+pytestmark = pytest.mark.slow  # every test reads the trained 2-fold run (~90 s to train)
 
 
 def invoke(*args: object, ok: bool = True):

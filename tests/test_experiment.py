@@ -40,6 +40,7 @@ def table(cache, tmp_path_factory) -> tuple[Path, str]:
     return out, r.output
 
 
+@pytest.mark.slow
 def test_table_files(table):
     out, output = table
     for name in ("table1.md", "table1.csv", "table1.png", "results.csv", "folds.csv"):
@@ -51,6 +52,7 @@ def test_table_files(table):
     assert "| model | 32 px |" in output
 
 
+@pytest.mark.slow
 def test_table_values_are_mean_and_sd_over_folds(table):
     out, _ = table
     md = (out / "table1.md").read_text().splitlines()
@@ -70,6 +72,7 @@ def test_table_values_are_mean_and_sd_over_folds(table):
         assert f"{mean:.3f} +- {sd:.3f}" in line
 
 
+@pytest.mark.slow
 def test_every_run_used_the_same_folds(table):
     out, _ = table
     shared = (out / "folds.csv").read_text()
@@ -80,6 +83,7 @@ def test_every_run_used_the_same_folds(table):
             assert (out / "runs" / f"{b}_32" / f"fold_{k}" / "folds.csv").read_text() == shared
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_runs(table, cache):
     out, _ = table
     ckpt = out / "runs" / f"{BACKBONES[0]}_32" / "fold_0" / "last.pt"

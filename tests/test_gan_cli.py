@@ -61,6 +61,7 @@ def test_gan_is_a_builtin_command():
         assert r.exit_code == 0 and "Example:" in r.output
 
 
+@pytest.mark.slow
 def test_train_writes_a_folder_per_class(trained, synth_cache):
     assert sorted(p.name for p in trained.iterdir()) == ["class_00", "class_25"]
     d = trained / "class_25"
@@ -108,6 +109,7 @@ def test_fold_training_uses_exactly_the_training_engines_rows(synth_cache, tmp_p
     assert not set(ckpt["train_ids"]) & {plan.ids[i] for i in val_rows}
 
 
+@pytest.mark.slow
 def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path):
     cache = tmp_path / "cache.h5"
     shutil.copy(synth_cache, cache)
@@ -140,6 +142,7 @@ def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path)
     assert synthetic_train_ids(cache, batch["batch"]) == load_checkpoint(gen)["train_ids"]
 
 
+@pytest.mark.slow
 def test_sample_out_writes_kaggle_layout(trained, tmp_path):
     import cv2
 
@@ -160,6 +163,7 @@ def test_sample_out_writes_kaggle_layout(trained, tmp_path):
     assert r.exit_code == 1 and "already holds" in _error_line(r)
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     from hpatk.core.folds import make_folds
     from hpatk.core.synthetic import save_generator

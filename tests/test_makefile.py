@@ -25,3 +25,10 @@ def test_demo_does_not_install_the_test_plugin():
     assert "plugin_pkg" not in demo and "[test]" not in demo
     test = _dry_run("test")
     assert "tests/plugin_pkg" in test and "'.[test]'" in test
+    assert "-m" not in test.split("pytest", 1)[1]  # make test runs every test, slow included
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_test_fast_skips_only_the_slow_tests():
+    fast = _dry_run("test-fast")
+    assert "tests/plugin_pkg" in fast and '-m "not slow"' in fast

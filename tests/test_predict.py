@@ -253,6 +253,7 @@ def test_predict_strict_refuses_cpu_fallback(data, model, tmp_path):
     assert "ONNX Runtime providers: CPUExecutionProvider" in r.output
 
 
+@pytest.mark.slow
 def test_trained_model_end_to_end(data, cache, tmp_path):
     """hpatk train -> hpatk export (parity) -> hpatk predict: a correct Kaggle submission
     on the CPU provider, and the ONNX probabilities equal hpatk evaluate's PyTorch ones."""

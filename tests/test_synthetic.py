@@ -125,6 +125,7 @@ def plugin(throwaway_plugin):
 
 
 # -- tests ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_aug_gan_is_self_contained_and_reuses_its_generators(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
     r = invoke(*train_args(cache, tmp_path / "r1", "--aug", "gan", *TINY_GAN))
@@ -163,6 +164,7 @@ def test_aug_gan_is_self_contained_and_reuses_its_generators(cache32, tmp_path):
         assert {x["source"] for x in csv.DictReader(f)} == {"reused generator"}
 
 
+@pytest.mark.slow
 def test_no_validation_image_reaches_a_generator(cache32, tmp_path, plugin):
     """Mark every validation image of fold 0; fit through --aug; no mark reached a
     generator, and every generator saw exactly the fold's training images."""
@@ -189,6 +191,7 @@ def test_no_validation_image_reaches_a_generator(cache32, tmp_path, plugin):
         assert set(synthetic_train_ids(cache, b["batch"])) <= train_ids
 
 
+@pytest.mark.slow
 def test_samples_of_other_folds_are_refused_by_content(synth_cache, tmp_path):
     """The leak of issue 10: a generator fitted on fold 0 of --fold-classes all, then
     --classes top5: the folds differ, so its samples are refused, not used."""
@@ -249,6 +252,7 @@ def test_cdcgan_one_conditional_generator_with_real_label_cooccurrence(cache32, 
         assert {tuple(v) for v in mine} <= real_vectors  # real co-occurrences only
 
 
+@pytest.mark.slow
 def test_third_party_synthesizer_trains_and_exports(cache32, tmp_path):
     """tests/plugin_pkg's ``meannoise`` (an installed entry point): --aug meannoise end to
     end, then its generator exported to ONNX and matching PyTorch."""

@@ -62,6 +62,7 @@ def learned_run(top5_cache, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_folder_is_complete(learned_run):
     for name in ("config.yaml", "folds.csv", "metrics.csv", "best_loss.pt", "best_macro_f1.pt",
                  "best_micro_f1.pt", "last.pt", "thresholds.json", "report.md", "curves.png",
@@ -80,6 +81,7 @@ def test_run_folder_is_complete(learned_run):
     assert f"| {best['val_paper_macro_f1']:.4f} |" in report
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_the_format(learned_run):
     rows = read_metrics(learned_run / "metrics.csv")
     for name, key, pick in (("best_loss", "val_loss", min), ("best_macro_f1", "val_macro_f1", max),
@@ -112,6 +114,7 @@ def test_checkpoints_follow_the_format(learned_run):
                                                    abs=1e-5)
 
 
+@pytest.mark.slow
 def test_learns_clearly_above_trivial_predictors(learned_run):
     from hpatk.core.folds import read_folds
     from sklearn.metrics import f1_score
@@ -132,6 +135,7 @@ def test_learns_clearly_above_trivial_predictors(learned_run):
     assert best > max(all_positive, prior) + 0.2, (best, all_positive, prior)
 
 
+@pytest.mark.slow
 def test_build_classifier_reproduces_the_logged_validation_loss(learned_run):
     ck = load_checkpoint(learned_run / "best_loss.pt")
     model = build_classifier(ck)
@@ -156,6 +160,7 @@ def test_build_classifier_reproduces_the_logged_validation_loss(learned_run):
     assert val_loss == pytest.approx(ck["metrics"]["val_loss"], rel=2e-3)
 
 
+@pytest.mark.slow
 def test_config_replays_the_run(learned_run, tmp_path):
     cfg = read_config(learned_run / "config.yaml")
     assert cfg.backbone == TINY and cfg.classes == "top5" and cfg.size == 64
@@ -171,6 +176,7 @@ def test_config_replays_the_run(learned_run, tmp_path):
     assert (out / "folds.csv").read_text() == (learned_run / "folds.csv").read_text()
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(learned_run):
     r = invoke("train", "--config", learned_run / "config.yaml", ok=False)
     assert r.exit_code == 1 and "--resume" in r.output
@@ -180,6 +186,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(small_cache, tmp_path):
     """2 epochs, then --resume to 4 == 4 epochs straight: weights, optimizer, metrics;
     with augmentation (RNG state) and a batch size that doubles every epoch."""
@@ -231,6 +238,7 @@ class NanLossPlugin:
         register("nan_after", NanAfter)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_cache, tmp_path,
                                                             throwaway_plugin):
     throwaway_plugin(NanLossPlugin(), "nan-loss-test")
@@ -258,6 +266,7 @@ class Hostile:
         return (subprocess.call, (["touch", str(self.marker)],))
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_is_refused_and_never_runs(learned_run, tmp_path):
     marker = tmp_path / "pwned"
     ck = load_checkpoint(learned_run / "best_macro_f1.pt")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from hpatk.core.cache_file import DEFAULT_ENHANCE, DEFAULT_SIZE  # light: no torch at --help
 from hpatk.core.classes import STAINS
 from hpatk.core.threads import threads_option
 
@@ -57,14 +58,14 @@ def enhance_params(clip_limit: float | None, grid_size: str | None,
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Cache file. Default: DATA_DIR.<enhance>-<size>px-<digest>.h5 beside "
                    "DATA_DIR, the file 'hpatk train --data DATA_DIR' looks for.")
-@click.option("--enhance", default="clahe", show_default=True,
+@click.option("--enhance", default=DEFAULT_ENHANCE, show_default=True,
               help="Enhancer name (see 'hpatk registry enhancers'); 'none' for raw images.")
 @click.option("--clip-limit", type=float, default=None,
               help="CLAHE clip limit (enhancer parameter clip_limit).")
 @click.option("--grid-size", default=None, help="CLAHE tiles, '8' or '8,8' (grid_size).")
 @click.option("--enhance-param", "-p", "pairs", multiple=True, metavar="KEY=VALUE",
               help="Any enhancer parameter; repeat for several.")
-@click.option("--size", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--size", type=click.IntRange(min=1), default=DEFAULT_SIZE, show_default=True,
               help="Output side in pixels (resized after enhancement, INTER_AREA).")
 @click.option("--stains", default=",".join(STAINS), show_default=True,
               help="Channels, in order.")

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 from hpatk.core.cache_build import build_cache, default_cache_path, ensure_cache
 from hpatk.core.cache_file import (
     COMPRESSIONS,
+    DEFAULT_ENHANCE,
+    DEFAULT_SIZE,
     FORMAT,
     FORMAT_VERSION,
     PREPROCESS_VERSION,
@@ -64,10 +66,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
-    "COMPRESSIONS", "FORMAT", "FORMAT_VERSION", "PREPROCESS_VERSION", "CacheDataset",
-    "CacheIndex", "add_synthetic", "build_cache", "cache_ids", "cache_labels",
-    "default_cache_path", "ensure_cache", "read_cache_index", "read_cache_meta",
-    "ids_digest", "remove_synthetic", "synthetic_info", "synthetic_train_ids",
+    "COMPRESSIONS", "DEFAULT_ENHANCE", "DEFAULT_SIZE", "FORMAT", "FORMAT_VERSION",
+    "PREPROCESS_VERSION", "CacheDataset", "CacheIndex", "add_synthetic", "build_cache",
+    "cache_ids", "cache_labels", "default_cache_path", "ensure_cache", "ids_digest",
+    "read_cache_index", "read_cache_meta", "remove_synthetic", "synthetic_info",
+    "synthetic_train_ids",
 ]
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpatk.core.cache_file import (
+    DEFAULT_ENHANCE,
+    DEFAULT_SIZE,
     FORMAT,
     FORMAT_VERSION,
     HDF5_SIGNATURE,
@@ -201,8 +203,8 @@ def _default_workers() -> int:
 
 
 def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                enhance: str = "clahe", enhance_params: Mapping[str, Any] | None = None,
-                size: int = 512, stains: Sequence[str] = STAINS,
+                enhance: str = DEFAULT_ENHANCE, enhance_params: Mapping[str, Any] | None = None,
+                size: int = DEFAULT_SIZE, stains: Sequence[str] = STAINS,
                 extra: Sequence[str | os.PathLike[str]] = (), workers: int | None = None,
                 force: bool = False, compression: str | None = None,
                 quiet: bool = False) -> Path:
@@ -337,8 +339,8 @@ def _check_stains(stains: Sequence[str] | str) -> tuple[str, ...]:
     return stains
 
 
-def default_cache_path(data_dir: str | os.PathLike[str], *, enhance: str = "clahe",
-                       enhance_params: Mapping[str, Any] | None = None, size: int = 512,
+def default_cache_path(data_dir: str | os.PathLike[str], *, enhance: str = DEFAULT_ENHANCE,
+                       enhance_params: Mapping[str, Any] | None = None, size: int = DEFAULT_SIZE,
                        stains: Sequence[str] | str = STAINS,
                        extra: Sequence[str | os.PathLike[str]] = (),
                        cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -357,8 +359,8 @@ def default_cache_path(data_dir: str | os.PathLike[str], *, enhance: str = "clah
     return folder / f"{data_dir.name}.{cfg['name']}-{int(size)}px-{tag}.h5"
 
 
-def ensure_cache(data: str | os.PathLike[str], *, enhance: str = "clahe",
-                 enhance_params: Mapping[str, Any] | None = None, size: int = 512,
+def ensure_cache(data: str | os.PathLike[str], *, enhance: str = DEFAULT_ENHANCE,
+                 enhance_params: Mapping[str, Any] | None = None, size: int = DEFAULT_SIZE,
                  stains: Sequence[str] = STAINS, cache_dir: str | os.PathLike[str] | None = None,
                  workers: int | None = None, quiet: bool = False) -> Path:
     """A cache for ``data``: an .h5 file is validated and returned as is (its

@@ -29,6 +29,9 @@ FORMAT = "hpatk-cache"
 FORMAT_VERSION = 1
 # Bump when preprocess() output changes for the same inputs: old caches then rebuild.
 PREPROCESS_VERSION = 1
+# What a cache holds unless told otherwise (hpatk cache build, hpatk train --data FOLDER).
+DEFAULT_ENHANCE = "clahe"
+DEFAULT_SIZE = 512
 COMPRESSIONS = ("none", "blosc-lz4")
 SYN = "synthetic"
 

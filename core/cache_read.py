@@ -95,7 +95,6 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
         classes: label columns of the target, in order (e.g. ``TOP5``); None = all 28.
         synthetic_indices: synthetic rows to expose with ``"with"`` (default: all). Synthetic
             rows are numbered as in :func:`synthetic_info`.
-        synthetic_fold: keep only synthetic samples whose generator trained on this fold.
         index: :func:`~hpatk.core.cache.read_cache_index` of ``path``, when the caller has
             read it: the real rows' labels and Ids are taken from it instead of the file.
 
@@ -111,7 +110,7 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
                  synthetic: bool | str = False, as_float: bool = False,
                  classes: Sequence[int] | None = None,
                  synthetic_indices: Sequence[int] | None = None,
-                 synthetic_fold: int | None = None, index: CacheIndex | None = None) -> None:
+                 index: CacheIndex | None = None) -> None:
         import numpy as np
 
         if synthetic is True:
@@ -156,10 +155,6 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
             sel = _check_indices(synthetic_indices if synthetic_indices is not None or
                                  self.synthetic == "with" else indices, len(r), self.path,
                                  "synthetic")
-            if synthetic_fold is not None:
-                folds = np.array([-1] + [-1 if b["fold"] is None else b["fold"]
-                                         for b in batches])
-                sel = sel[folds[k[sel]] == int(synthetic_fold)]
             k, r, lab = k[sel], r[sel], lab[sel]
             self.batches = [batches[j - 1] for j in sorted(set(k.tolist()))]
             keys.append(k)

@@ -97,7 +97,7 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
     Returns:
         The cache's index (metadata, labels, Ids), read in one open of the file.
     """
-    from hpatk.core.cache import ensure_cache, read_cache_index
+    from hpatk.core.cache import DEFAULT_ENHANCE, DEFAULT_SIZE, ensure_cache, read_cache_index
 
     data = Path(cfg.data)
     if not cfg.data:
@@ -117,9 +117,9 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
             raise HpatkError(f"{cfg.where('enhance')} {cfg.enhance}: cache '{path}' was enhanced "
                              f"with '{enh.get('name')}'; pass the dataset folder to rebuild it")
         return index
-    kw: dict[str, Any] = dict(enhance=cfg.enhance or "clahe",
+    kw: dict[str, Any] = dict(enhance=cfg.enhance or DEFAULT_ENHANCE,
                               enhance_params=cfg.enhance_params or None,
-                              size=int(cfg.size or 512), cache_dir=cfg.cache_dir)
+                              size=int(cfg.size or DEFAULT_SIZE), cache_dir=cfg.cache_dir)
     return read_cache_index(ensure_cache(data, **kw))
 
 

@@ -147,15 +147,12 @@ def test_synthetic_round_trip_and_exclusion(cache):
     assert only.labels[5:, 25].all() and only.labels[5:].sum() == 3
     assert torch.equal(only[6][1], torch.tensor([0, 1, 0, 0, 0], dtype=torch.float32))
     assert only.ids[0] == "synthetic/batch-000001/0"
-    fold2 = CacheDataset(cache, synthetic="only", synthetic_fold=2)
-    assert len(fold2) == 5 and [b["batch"] for b in fold2.batches] == ["batch-000001"]
+    first = CacheDataset(cache, synthetic="only", synthetic_indices=range(5))
+    assert len(first) == 5 and [b["batch"] for b in first.batches] == ["batch-000001"]
     mixed = CacheDataset(cache, [0, 1], synthetic="with", synthetic_indices=[7, 5],
                          classes=TOP5)  # a fold's real rows plus chosen synthetic rows
     assert mixed.ids[:2] == real.ids[:2] and mixed.sources == ["kaggle"] * 2 + ["synthetic"] * 2
     assert torch.equal(mixed[2][0], torch.from_numpy(b[2])) and mixed.labels[2, 25] == 1
-    assert len(CacheDataset(cache, synthetic="with", synthetic_fold=2)) == 96 + 5
-    assert len(CacheDataset(cache, synthetic="only", synthetic_indices=[0, 5],
-                            synthetic_fold=2)) == 1  # numbering stays synthetic_info's
     picked = CacheDataset(cache, [6, 0], synthetic="only")
     assert torch.equal(picked[0][0], torch.from_numpy(b[1]))
 

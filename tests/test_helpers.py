@@ -97,3 +97,26 @@ def test_save_figure_writes_a_png_atomically_and_closes(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
     assert [p.name for p in out.parent.iterdir()] == ["plot.png"]  # no temporary left
+
+
+def test_cache_defaults_are_decided_once():
+    """The default enhancement and size come from one place: the cache API's defaults
+    and the CLI's are the same constants."""
+    import inspect
+
+    from hpatk.cli.cache import cache as cache_group
+    from hpatk.core.cache import (
+        DEFAULT_ENHANCE,
+        DEFAULT_SIZE,
+        build_cache,
+        default_cache_path,
+        ensure_cache,
+    )
+
+    assert (DEFAULT_ENHANCE, DEFAULT_SIZE) == ("clahe", 512)
+    for fn in (build_cache, ensure_cache, default_cache_path):
+        params = inspect.signature(fn).parameters
+        assert params["enhance"].default == DEFAULT_ENHANCE
+        assert params["size"].default == DEFAULT_SIZE
+    options = {p.name: p.default for p in cache_group.commands["build"].params}
+    assert options["enhance"] == DEFAULT_ENHANCE and options["size"] == DEFAULT_SIZE

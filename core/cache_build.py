@@ -28,25 +28,16 @@ from hpatk.core.cache_file import (
     open_h5,
     say,
     strings,
-    writer_lock,
 )
 from hpatk.core.classes import NUM_CLASSES, STAINS
 from hpatk.core.errors import DataError, HpatkError
+from hpatk.core.io import remove_stale_temps, stale_temps, writer_lock
 
 if TYPE_CHECKING:
     import numpy as np
 
 
 _TASK_IMAGES = 4  # images per worker task: amortises IPC, keeps the writer fed
-
-
-def _remove_stale_temps(out: Path, quiet: bool) -> None:
-    """Partial builds of ``out`` left by a killed process (we hold the writer lock, so
-    no live builder owns them)."""
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            say(f"removed a partial build left by a killed process: {tmp.name}", quiet)
 
 
 def _read_inputs(data_dir: Path, extra: Sequence[str | os.PathLike[str]]
@@ -253,8 +244,8 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
     digest = _digest(config, listing)
     workers = _default_workers() if workers is None else int(workers)
 
-    with writer_lock(out, quiet):
-        _remove_stale_temps(out, quiet)
+    with writer_lock(out, quiet=quiet):  # DDP ranks calling ensure_cache build once
+        remove_stale_temps(stale_temps(out), quiet=quiet)  # no live builder owns them
         reason = "--force" if force else _stale_reason(out, digest, config, listing,
                                                        compression)
         if reason is None:

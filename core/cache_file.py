@@ -1,5 +1,5 @@
 """The cache file (internal; import from :mod:`hpatk.core.cache`): format constants,
-opening and validating a file with one-line errors, the writer lock, and reading what a
+opening and validating a file with one-line errors, and reading what a
 file records (its metadata and the provenance of its synthetic batches).
 
 See :mod:`hpatk.core.cache` for the format and the safety rules.
@@ -8,7 +8,6 @@ See :mod:`hpatk.core.cache` for the format and the safety rules.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sys
@@ -132,32 +131,6 @@ def _validate(f: h5py.File, path: Path) -> None:
     except (KeyError, OSError, ValueError, TypeError) as exc:
         raise HpatkError(f"{path}: damaged cache ({h5_reason(exc)}); rebuild it with "
                          f"'hpatk cache build'") from None
-
-
-@contextlib.contextmanager
-def writer_lock(out: Path, quiet: bool = False) -> Iterator[None]:
-    """Exclusive lock on ``.NAME.lock`` beside ``out``: one builder or writer at a time
-    (DDP ranks calling ensure_cache together build once; the others then reuse)."""
-    import fcntl
-
-    lock_path = out.parent / f".{out.name}.lock"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise HpatkError(f"{out}: cannot write there ({exc.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another process writing {out} ...", quiet)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:  # no lock support on this file system: go on unlocked
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-        yield
-    finally:
-        os.close(fd)
 
 
 def meta_of(f: h5py.File, path: Path) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from hpatk.core.cache_file import (
     compression_kwargs,
     h5_reason,
     read_cache_meta,
-    writer_lock,
 )
 from hpatk.core.cache_read import close_readers
 from hpatk.core.classes import CLASS_NAMES, NUM_CLASSES
 from hpatk.core.errors import HpatkError
+from hpatk.core.io import writer_lock
 
 if TYPE_CHECKING:
     import numpy as np

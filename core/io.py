@@ -80,13 +80,14 @@ def make_dirs(path: str | os.PathLike[str], target: str | os.PathLike[str] | Non
 
 @contextlib.contextmanager
 def writer_lock(path: str | os.PathLike[str], *, wait: bool = True,
-                what: str = "") -> Iterator[None]:
+                what: str = "", quiet: bool = False) -> Iterator[None]:
     """Exclusive ``flock`` on ``.NAME.lock`` beside ``path``: one writer of ``path`` at a
     time, so that the holder may remove ``path``'s stale temporaries (:func:`stale_temps`).
 
     Args:
         wait: wait for the other writer (saying so on stderr), else refuse with one line.
         what: how the message names the writer ("hpatk train"); may be empty.
+        quiet: wait without saying so.
     """
     import fcntl
     import sys
@@ -106,7 +107,8 @@ def writer_lock(path: str | os.PathLike[str], *, wait: bool = True,
                 raise HpatkError(f"{path} is being written by another process"
                                  f"{f' ({what})' if what else ''}; wait for it or choose "
                                  f"another place") from None
-            print(f"waiting for another process writing {path} ...", file=sys.stderr)
+            if not quiet:
+                print(f"waiting for another process writing {path} ...", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:  # no lock support on this file system: go on unlocked
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):

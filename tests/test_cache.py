@@ -360,7 +360,7 @@ def test_sigkill_mid_build_leaves_nothing_and_rerun_completes(synth_data, tmp_pa
     rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert "removed a partial build" in rerun.stderr
+    assert "left by a killed process" in rerun.stderr
     assert not list(out.parent.glob(".cache.h5.*.tmp"))
     meta = read_cache_meta(out)
     assert meta["n"] == 96 and meta["enhance"] == {"name": "slow"}

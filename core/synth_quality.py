@@ -310,7 +310,9 @@ def gan_train_test(real_train: tuple[np.ndarray, np.ndarray], real_test: tuple[n
     """GAN-train and GAN-test (Shmelkov et al. 2018) with :class:`SmallCNN`.
 
     Args:
-        real_train, real_test, synthetic: (images uint8 (N, C, S, S), labels uint8 (N, K)).
+        real_train: (images uint8 (N, C, S, S), labels uint8 (N, K)) the reference trains on.
+        real_test: the same pair, held out: what both CNNs are scored on.
+        synthetic: the same pair, generated.
         reference: the CNN already trained on ``real_train`` (trained here when None).
         train_kw: :func:`train_small_cnn` options (epochs, size, width, seed).
 

@@ -98,6 +98,7 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
         The cache's index (metadata, labels, Ids), read in one open of the file.
     """
     from hpatk.core.cache import DEFAULT_ENHANCE, DEFAULT_SIZE, ensure_cache, read_cache_index
+    from hpatk.core.distributed import is_main
 
     data = Path(cfg.data)
     if not cfg.data:
@@ -120,7 +121,8 @@ def open_cache(cfg: TrainConfig) -> CacheIndex:
     kw: dict[str, Any] = dict(enhance=cfg.enhance or DEFAULT_ENHANCE,
                               enhance_params=cfg.enhance_params or None,
                               size=int(cfg.size or DEFAULT_SIZE), cache_dir=cfg.cache_dir)
-    return read_cache_index(ensure_cache(data, **kw))
+    # under torchrun rank 0 builds or checks it first and says so; the others reuse it
+    return read_cache_index(ensure_cache(data, **kw, quiet=not is_main()))
 
 
 def plan_data(cfg: TrainConfig, folds_csv: str | os.PathLike[str] | None = None) -> DataPlan:

@@ -39,8 +39,10 @@ def infer(model, *args, **kwargs):
     return original(model, *args, **kwargs)
 
 engine.infer = infer
-from hpatk.cli.main import main
-main(sys.argv[1:])
+
+if __name__ == "__main__":  # not in the cache's spawned workers, which import this file
+    from hpatk.cli.main import main
+    main(sys.argv[1:])
 """
 
 # A loss that fails on rank 1 only, after `after` calls: NaN, or an exception.
@@ -84,8 +86,12 @@ def torchrun(args: list[object], tmp: Path, *, nproc: int = 2, env: dict[str, st
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        proc.terminate()  # torchrun stops its workers (each in a session of its own)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {timeout} s:\n{out[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
@@ -278,11 +284,19 @@ def test_resume_under_ddp_continues_at_the_right_epoch(ddp_run, small_cache, tmp
 
     run, _, _ = ddp_run
     split = tmp_path / "split"
-    r = torchrun([*common(small_cache), "--epochs", 1, "--out", split], tmp_path)
+    # from the dataset folder: rank 0 builds the cache (the same one as small_cache's)
+    # while rank 1 waits, then both read it
+    args = common(small_cache)
+    args[args.index(small_cache)] = small_cache.parent / "data"
+    r = torchrun([*args, "--size", 32, "--cache-dir", tmp_path / "caches", "--epochs", 1,
+                  "--out", split], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:]
+    assert r.stdout.count("building ") == 1 and "cache up to date" not in r.stdout
+    assert len(list((tmp_path / "caches").glob("*.h5"))) == 1
     assert len(load_checkpoint(split / "last.pt")["rng_ranks"]) == 2
     r = torchrun(["train", "--resume", "--epochs", 2, "--out", split], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:]
+    assert r.stdout.count("cache up to date") == 1 and "building " not in r.stdout
     assert "epoch 1/2" not in r.stdout and r.stdout.count("epoch 2/2: loss") == 1
     a, b = read_metrics(run / "metrics.csv"), read_metrics(split / "metrics.csv")
     assert [x["epoch"] for x in b] == [1, 2]

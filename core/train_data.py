@@ -172,9 +172,11 @@ def warn_sparse_classes(spec: Any, classes: tuple[int, ...], counts: np.ndarray,
 
     if present_min(spec) is not None:
         return []
+    from hpatk.core.distributed import is_main
+
     sparse = sparse_classes(classes, counts)
     key = (source, tuple(classes))
-    if not sparse or key in _WARNED:
+    if not sparse or key in _WARNED or not is_main():  # once, by rank 0 under torchrun
         return sparse
     _WARNED.add(key)
     shown = ", ".join(f"{CLASS_NAMES[c]} ({int(counts[c])})" for c in sparse[:8])

@@ -62,12 +62,66 @@ class HpatkGroup(click.Group):
         return self.commands.get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        args = getattr(ctx, "_protected_args", None)
+        name = (args if args is not None else ctx.protected_args or [""])[:1]
+        command = name[0] if name else ""
         try:
+            if command and command != "plugins":
+                _warn_broken_plugins()
             return super().invoke(ctx)
         except HpatkError as exc:
             if getattr(exc, "already_reported", False):  # another rank printed it
                 raise click.exceptions.Exit(1) from exc
             raise click.ClickException(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None  # "Aborted!", exit 1, no traceback
+        except Exception as exc:  # a bug or an unexpected failure: one line, details on demand
+            if debug_enabled():
+                raise
+            raise click.ClickException(unexpected_error_line(exc, command)) from exc
+
+
+def debug_enabled() -> bool:
+    """``--traceback`` or ``HPATK_DEBUG=1``: let unexpected exceptions show their traceback."""
+    return os.environ.get("HPATK_DEBUG", "") not in ("", "0")
+
+
+def unexpected_error_line(exc: BaseException, command: str = "") -> str:
+    """One line for an exception no command turned into a message: an unwritable place
+    or a full disk (any ``OSError`` naming its file), else the exception's first line."""
+    import errno
+
+    from hpatk.core.io import write_error
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR, errno.EROFS):
+            return str(write_error(exc, exc.filename))  # only writing meets these
+        return f"'{exc.filename}': {exc.strerror or exc}"
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    where = f" in 'hpatk {command}'" if command else ""
+    return (f"{type(exc).__name__}{where}: {first} (rerun with --traceback or HPATK_DEBUG=1 "
+            f"for details)")
+
+
+def _warn_broken_plugins() -> None:
+    """One stderr line per broken plugin (``HPATK_NO_PLUGIN_WARNINGS=1`` hides them)."""
+    if os.environ.get("HPATK_NO_PLUGIN_WARNINGS", "") not in ("", "0"):
+        return
+    from hpatk.core.registry import get_registry
+
+    for info in get_registry().plugins():
+        if info.status == "broken":
+            click.echo(f"hpatk: warning: plugin '{info.name}' is broken and not loaded "
+                       f"({info.error}); 'hpatk plugins' for details, "
+                       f"HPATK_NO_PLUGIN_WARNINGS=1 to hide this", err=True)
+
+
+def _set_traceback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ["HPATK_DEBUG"] = "1"
 
 
 def _set_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -84,6 +138,9 @@ def _set_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--plugins-dir", type=click.Path(file_okay=False), is_eager=True,
               expose_value=False, callback=_set_plugins_dir, envvar="HPATK_PLUGINS_DIR",
               help="Also load every .py file in this folder as a plugin.")
+@click.option("--traceback", is_flag=True, is_eager=True, expose_value=False,
+              callback=_set_traceback,
+              help="Show the full traceback of an unexpected error (or HPATK_DEBUG=1).")
 def cli() -> None:
     """hpatk: protein localisation in multi-stain fluorescence microscopy.
 

@@ -28,6 +28,7 @@ from hpatk.core.cache_file import (
     open_h5,
     say,
     strings,
+    synthetic_batches,
 )
 from hpatk.core.classes import NUM_CLASSES, STAINS
 from hpatk.core.errors import DataError, HpatkError
@@ -155,24 +156,20 @@ def _preprocessed(refs: Sequence[Any], enhance: str, params: dict[str, Any],
         for task in tasks:
             yield preprocess_refs(task)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: no inherited cv2/torch thread state (fork + OpenCV deadlocks); a bounded window
-    # of tasks in flight keeps memory flat however slow the writer is.
+    from hpatk.core.pool import process_pool
     from hpatk.core.registry import plugin_dirs
 
+    # a bounded window of tasks in flight keeps memory flat however slow the writer is;
+    # Ctrl-C or an error (also GeneratorExit: the writer stopped) terminates the workers
     window = 4 * workers
     folders = [str(f) for f in plugin_dirs()]  # a --plugins-dir enhancer loads there too
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                             initializer=init_worker,
-                             initargs=(enhance, params, stains, size, os.getpid(),
-                                       folders)) as pool:
+    with process_pool(workers, init_worker,
+                      (enhance, params, stains, size, os.getpid(), folders)) as pool:
         pending: list[Any] = []
-        it = iter(tasks)
         try:
-            for task in it:
+            for task in tasks:
                 pending.append(pool.submit(preprocess_refs, task))
                 if len(pending) >= window:
                     yield pending.pop(0).result()
@@ -181,9 +178,6 @@ def _preprocessed(refs: Sequence[Any], enhance: str, params: dict[str, Any],
         except BrokenProcessPool as exc:
             raise HpatkError(f"a cache worker process died ({exc}); rerun with --workers 1 "
                              f"to see the failing image") from None
-        finally:
-            for fut in pending:
-                fut.cancel()
 
 
 def _default_workers() -> int:
@@ -227,7 +221,6 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
     """
     import numpy as np
     from hpatk.core.preprocess import make_enhancer
-    from hpatk.core.progress import progress
     from hpatk.core.version import __version__
 
     data_dir, out = Path(data_dir), Path(out)
@@ -253,6 +246,7 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
                  f"{size} px)", quiet)
             return out
         say(f"building {out}: {reason}", quiet)
+        _warn_dropped_synthetic(out, quiet)
         comp = compression or _existing_compression(out) or "none"
         comp_kw = compression_kwargs(comp)
         n, c = len(refs), len(stains)
@@ -272,12 +266,10 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
                 f.create_group(SYN)
                 images = f.create_dataset("images", (n, c, size, size), np.uint8,
                                           chunks=(1, c, size, size), **comp_kw)
-                row = 0
-                steps = _preprocessed(refs, enhance, params, stains, size, workers)
-                for block in progress(_images_of(steps), desc=f"cache {out.name}", total=n,
-                                      unit="img"):
-                    images[row] = block
-                    row += 1
+                steps = contextlib.closing(_preprocessed(refs, enhance, params, stains, size,
+                                                         workers))
+                with steps as blocks:  # closed here, not at exit: its workers end now
+                    _write_images(images, blocks, n, c * size * size, comp, tmp, out)
                 f.attrs.update({
                     "format": FORMAT, "format_version": FORMAT_VERSION,
                     "preprocess_version": PREPROCESS_VERSION, "fingerprint": digest,
@@ -295,6 +287,36 @@ def build_cache(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
         say(f"wrote {out}: {n} images {c}x{size}x{size} in {time.monotonic() - start:.1f}s",
              quiet)
     return out
+
+
+def _write_images(images: Any, blocks: Iterable[np.ndarray], n: int, image_bytes: int,
+                  comp: str, tmp: Path, out: Path) -> None:
+    """Store the preprocessed images row by row, checking the free space as it goes
+    (HDF5 crashes when it cannot close a file on a full disk: stop before that)."""
+    from hpatk.core.io import check_free_space
+    from hpatk.core.progress import progress
+
+    row = 0
+    for block in progress(_images_of(blocks), desc=f"cache {out.name}", total=n, unit="img"):
+        if row % 64 == 0:
+            check_free_space(tmp, (n - row if comp == "none" else 64) * image_bytes, out)
+        images[row] = block
+        row += 1
+
+
+def _warn_dropped_synthetic(out: Path, quiet: bool) -> None:
+    """Say how many synthetic images a rebuild of ``out`` drops (they were sampled for
+    the old images: they must be sampled again)."""
+    batches: list[dict[str, Any]] = []
+    with contextlib.suppress(HpatkError, OSError, KeyError, ValueError):
+        if out.is_file():
+            with open_h5(out) as f:
+                batches = synthetic_batches(f)
+    n = sum(b["n"] for b in batches)
+    if n:
+        say(f"warning: rebuilding {out} drops its {n} synthetic images ({len(batches)} "
+            f"batches, e.g. from {batches[0]['generator']}); add them again after the "
+            f"build", quiet)
 
 
 def _existing_compression(out: Path) -> str | None:

@@ -38,6 +38,8 @@ class Catalog:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
+        # broken plugins that could have registered names of this kind -> their error
+        self.broken: dict[str, str] = {}
 
     def add(self, entry: Entry) -> None:
         """Add ``entry``; a name or alias another plugin has is an error naming both."""
@@ -99,8 +101,11 @@ class Catalog:
         known = sorted([*self._entries, *self._aliases])
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        broken = "".join(f"; plugin '{p}' is broken ({e}) and may provide it"
+                         for p, e in sorted(self.broken.items()))
         raise RegistryError(
             f"unknown {SINGULAR[self.kind]} '{name}'{hint} (known: {', '.join(self.names())})"
+            f"{broken}"
         )
 
     def canonical(self, name: str) -> str:

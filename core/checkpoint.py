@@ -25,12 +25,13 @@ A generator checkpoint (:mod:`hpatk.core.synthetic`: any registered synthesizer)
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import atomic_path
+from hpatk.core.io import atomic_path, disk_is_full
 
 CHECKPOINT_KINDS = ("classifier", "generator", "state")
 
@@ -42,8 +43,13 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     if obj.get("kind") not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch reports a short write as "unexpected pos"
+            if disk_is_full(tmp):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+            raise
     return path
 
 

@@ -396,7 +396,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             out = Path(cfg.out)
             if ddp.is_main():
                 make_dirs(out)
-                lock.enter_context(writer_lock(out / "run", wait=False, what="hpatk train"))
+                lock.enter_context(writer_lock(out / "run", wait=False, what="hpatk train",
+                                               remove=True))
                 # temporaries of a run killed while writing a checkpoint (we hold the lock)
                 remove_stale_temps(sorted([*out.glob(".*.tmp"), *out.glob("fold_*/.*.tmp")]))
                 write_config(cfg, out / "config.yaml", extra=info)

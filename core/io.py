@@ -45,7 +45,7 @@ def is_write_error(exc: BaseException) -> bool:
 
 
 # room kept free for what a writer has buffered and its closing metadata
-FREE_SPACE_MARGIN = 4 << 20
+FREE_SPACE_MARGIN = 1 << 20
 
 
 def check_free_space(where: str | os.PathLike[str], need: int,
@@ -66,6 +66,16 @@ def check_free_space(where: str | os.PathLike[str], need: int,
                          f"{(need + FREE_SPACE_MARGIN) / 1e6:.1f} MB, {free / 1e6:.1f} MB free)")
 
 
+def disk_is_full(where: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``where`` has less than
+    :data:`FREE_SPACE_MARGIN` bytes free (for writers whose errors lose the errno)."""
+    try:
+        st = os.statvfs(where)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < FREE_SPACE_MARGIN
+
+
 def make_dirs(path: str | os.PathLike[str], target: str | os.PathLike[str] | None = None
               ) -> Path:
     """``mkdir -p path``; a place that cannot hold a folder is one clear line naming
@@ -79,15 +89,17 @@ def make_dirs(path: str | os.PathLike[str], target: str | os.PathLike[str] | Non
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike[str], *, wait: bool = True,
-                what: str = "", quiet: bool = False) -> Iterator[None]:
+def writer_lock(path: str | os.PathLike[str], *, wait: bool = True, what: str = "",
+                quiet: bool = False, remove: bool = False) -> Iterator[None]:
     """Exclusive ``flock`` on ``.NAME.lock`` beside ``path``: one writer of ``path`` at a
     time, so that the holder may remove ``path``'s stale temporaries (:func:`stale_temps`).
 
     Args:
         wait: wait for the other writer (saying so on stderr), else refuse with one line.
         what: how the message names the writer ("hpatk train"); may be empty.
-        quiet: wait without saying so.
+        quiet: do not say that it waits.
+        remove: delete the lock file when done (only with ``wait=False``: a waiter would
+            hold a lock on a deleted file).
     """
     import fcntl
     import sys
@@ -115,6 +127,9 @@ def writer_lock(path: str | os.PathLike[str], *, wait: bool = True,
                 raise
         yield
     finally:
+        if remove and not wait:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
         os.close(fd)
 
 
@@ -136,7 +151,7 @@ def remove_stale_temps(temps: list[Path], *, quiet: bool = False) -> list[Path]:
             continue
         removed.append(tmp)
         if not quiet:
-            print(f"removed a temporary file left by a killed process: {tmp}", file=sys.stderr)
+            print(f"removed a partial build left by a killed process: {tmp}", file=sys.stderr)
     return removed
 
 

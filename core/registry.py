@@ -109,12 +109,17 @@ class Registry:
 
     def _collect(self) -> dict[str, Catalog]:
         catalogs = {kind: Catalog(kind) for kind in KINDS}
+        not_loaded = {n: i.error or "" for n, i in self._infos.items()
+                      if i.status == "broken" and i.source != "runtime"}  # failed at import
         for kind in KINDS:
+            catalogs[kind].broken.update(not_loaded)  # any of them may have provided a name
             for plugin, call in self._each_plugin(f"hpatk_register_{kind}"):
                 reg = Registration(kind, plugin)  # committed only if the whole call succeeds
                 if self._call(plugin, call, register=reg.register):
                     for entry in reg.entries:
                         catalogs[kind].add(entry)
+                else:
+                    catalogs[kind].broken[plugin] = self._infos[plugin].error or ""
         # `--aug NAME` looks in both: a name must say which kind it is
         aug, syn = catalogs["augmentations"], catalogs["synthesizers"]
         for key in sorted(aug.keys() & syn.keys()):

@@ -27,14 +27,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hpatk.core.classes import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_IMAGES, STAINS, parse_classes
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import current_umask
+from hpatk.core.io import (
+    current_umask,
+    is_write_error,
+    remove_stale_temps,
+    stale_temps,
+    write_error,
+    writer_lock,
+)
 from hpatk.core.picture import composite
 from hpatk.core.progress import progress
 
@@ -108,8 +115,11 @@ def _render_job(job: tuple[str, str, int, int, int, tuple[int, ...], int]) -> No
     img = render(labels, size, np.random.SeedSequence([seed, split_code, index]))
     for stain, plane in zip(STAINS, img, strict=True):
         path = os.path.join(folder, f"{image_id}_{stain}.png")
-        if not cv2.imwrite(path, plane, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise OSError(f"cannot write {path}")
+        ok, png = cv2.imencode(".png", plane, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise HpatkError(f"cannot encode {path} as PNG")
+        with open(path, "wb") as f:  # a full disk is an OSError with its errno (not False)
+            f.write(png.tobytes())
 
 
 def _worker_init() -> None:
@@ -165,26 +175,34 @@ def make_synthetic(out: str | os.PathLike[str], n: int = 2000, size: int = 512, 
     test_labels = sample_labels(n_test, seed + 1_000_003, classes, min_count=0)
     workers = default_workers(n + n_test, size) if workers is None else workers
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; OUT should be a normal folder
-        jobs = []
-        for split, labels in (("train", train_labels), ("test", test_labels)):
-            if not labels:  # --n-test 0: no test split (a header-only CSV would be invalid)
-                continue
-            (tmp / split).mkdir()
-            ids = [synthetic_id(seed, split, i) for i in range(len(labels))]
-            for i, (image_id, lab) in enumerate(zip(ids, labels, strict=True)):
-                jobs.append((str(tmp / split), image_id, seed, _SPLIT_CODE[split], i, lab, size))
-            _write_csvs(tmp, split, ids, labels)
-        _run_jobs(jobs, workers)
-        if preview is not None:
-            write_preview(tmp, preview)
-        _replace_dir(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writer_lock(out, wait=False, what="hpatk data synth", remove=True):
+        remove_stale_temps(stale_temps(out))  # of a killed run: we hold the lock
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp",
+                                        dir=out.parent))
+        except OSError as exc:
+            raise write_error(exc, out) from None
+        try:
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; OUT is a normal folder
+            jobs = []
+            for split, labels in (("train", train_labels), ("test", test_labels)):
+                if not labels:  # --n-test 0: no test split (a header-only CSV is invalid)
+                    continue
+                (tmp / split).mkdir()
+                ids = [synthetic_id(seed, split, i) for i in range(len(labels))]
+                for i, (image_id, lab) in enumerate(zip(ids, labels, strict=True)):
+                    jobs.append((str(tmp / split), image_id, seed, _SPLIT_CODE[split], i, lab,
+                                 size))
+                _write_csvs(tmp, split, ids, labels)
+            _run_jobs(jobs, workers)
+            if preview is not None:
+                write_preview(tmp, preview)
+            _replace_dir(tmp, out, overwrite)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and is_write_error(exc):
+                raise write_error(exc, out) from None
+            raise
     return out
 
 
@@ -209,15 +227,27 @@ def _run_jobs(jobs: list, workers: int) -> None:
         for job in progress(jobs, desc="synth", unit="img"):
             _render_job(job)
         return
-    import multiprocessing as mp
+    from hpatk.core.pool import process_pool
 
-    # spawn: a forked child of a process that already ran cv2 can deadlock (MEASURED.md).
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        chunk = max(1, min(16, len(jobs) // (workers * 4)))
-        for _ in progress(pool.map(_render_job, jobs, chunksize=chunk), desc="synth",
-                          total=len(jobs), unit="img"):
+    chunk = max(1, min(16, len(jobs) // (workers * 4)))
+    with process_pool(workers, _worker_init) as pool:  # stops at once on Ctrl-C
+        # submit, not pool.map: map cancels its futures on Ctrl-C, and a cancelled future
+        # makes the pool's manager thread fail (InvalidStateError) when it stops
+        futures = [pool.submit(_render_jobs, jobs[i:i + chunk])
+                   for i in range(0, len(jobs), chunk)]
+        for _ in progress(_images_done(futures), desc="synth", total=len(jobs), unit="img"):
             pass
+
+
+def _render_jobs(jobs: list) -> int:
+    for job in jobs:
+        _render_job(job)
+    return len(jobs)
+
+
+def _images_done(futures: list) -> Any:
+    for future in futures:
+        yield from range(future.result())
 
 
 def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:

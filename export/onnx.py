@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hpatk.core.errors import HpatkError
-from hpatk.core.io import file_sha256
+from hpatk.core.io import file_sha256, is_write_error, make_dirs, write_error
 from hpatk.core.version import __version__
 from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
 
@@ -212,15 +212,21 @@ def export_loaded(ckpt: dict[str, Any], out: str | os.PathLike[str], *, source: 
     _set_metadata(proto, meta)
     proto.doc_string = f"hpatk {kind}: {spec.summary}"
     parity = quant = None
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=_parent(out)) as tmp:
-        staged = _save(proto, Path(tmp) / out.name)
-        del proto  # large models: do not hold two copies while ORT loads one
-        _check(staged[0])
-        if verify:
-            parity = verify_parity(spec, staged[0], x, refs)
-        if calib is not None:
-            staged, quant = _quantized(staged[0], Path(tmp) / "int8", calib, meta, calibration)
-        files = _move_into_place(staged, out.parent)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=_parent(out)) as tmp:
+            staged = _save(proto, Path(tmp) / out.name)
+            del proto  # large models: do not hold two copies while ORT loads one
+            _check(staged[0])
+            if verify:
+                parity = verify_parity(spec, staged[0], x, refs)
+            if calib is not None:
+                staged, quant = _quantized(staged[0], Path(tmp) / "int8", calib, meta,
+                                           calibration)
+            files = _move_into_place(staged, out.parent)
+    except OSError as exc:  # a full disk: the temporary folder is gone, out untouched
+        if is_write_error(exc):
+            raise write_error(exc, out) from None
+        raise
     return ExportResult(path=out, files=files, kind=kind, exporter=exporter, opset=opset,
                         metadata=meta, summary=spec.summary, parity=parity,
                         seconds=time.monotonic() - start, quantization=quant, notes=notes)
@@ -271,8 +277,7 @@ def _quantized(float_path: Path, folder: Path, images: np.ndarray, meta: dict[st
 
 
 def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
+    return make_dirs(out.parent, target=out)
 
 
 def _trace(spec: ExportSpec, exporter: str, opset: int) -> onnx.ModelProto:

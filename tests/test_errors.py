@@ -4,6 +4,8 @@ temporaries, plugin problems, threshold sanity."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from hpatk.cli.main import cli
@@ -127,3 +129,361 @@ def test_demo_picks_a_valid_size_for_its_backbone(tmp_path):
     r = invoke("demo", "--backbone", "inceptionv4", "--size", 64, "--out", tmp_path / "d")
     assert_one_line_error(r, "at least 75 px", "--size gives 64 px")
     assert not (tmp_path / "d").exists()
+
+
+# -- shared fixtures for the output-side items --------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(synth_cache, tmp_path_factory):
+    """One epoch of timm's test network on the session cache (64 px): a complete run."""
+    out = tmp_path_factory.mktemp("errruns") / "run"
+    r = invoke("train", "--data", synth_cache, "--backbone", TINY, "--aug", "none",
+               "--epochs", 1, "--batch-size", 16, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported_model():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_onnx_export import shared_export
+
+    _, res, d = shared_export()
+    return d / "ck.pt", res.path
+
+
+def _under_a_file(tmp_path: Path) -> tuple[Path, str]:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker / "out", f"'{blocker}' is a file, not a folder"
+
+
+# -- 4. unwritable output ---------------------------------------------------------------
+COMMANDS = {
+    "data synth": lambda f, out: ["data", "synth", out, "--n", 20, "--size", 32,
+                                  "--workers", 1],
+    "data folds": lambda f, out: ["data", "folds", f["data"], "--out", out / "folds.csv"],
+    "train": lambda f, out: ["train", "--data", f["cache"], "--backbone", TINY, "--epochs", 1,
+                             "--out", out],
+    "evaluate": lambda f, out: ["evaluate", f["run"], "--out", out / "preds.csv"],
+    "export": lambda f, out: ["export", f["ckpt"], "--out", out / "m.onnx", "--no-verify"],
+    "predict": lambda f, out: ["predict", f["onnx"], f["pred_data"], "--out", out / "s.csv"],
+    "gan train": lambda f, out: ["gan", "train", "--data", f["cache"], "--class", 0,
+                                 "--size", 16, "--param", "width=1", "--steps", 1,
+                                 "--out", out],
+    "cache build": lambda f, out: ["cache", "build", f["data"], "--out", out / "c.h5",
+                                   "--size", 32, "--workers", 1],
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(synth_data, synth_cache, tiny_run, exported_model):
+    ckpt, onnx_path = exported_model
+    return {"data": synth_data, "cache": synth_cache, "run": tiny_run, "ckpt": ckpt,
+            "onnx": onnx_path, "pred_data": synth_data}
+
+
+@pytest.mark.parametrize("place", ["under a file", "under /proc"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_unwritable_output_is_one_line(inputs, tmp_path, command, place):
+    if place == "under a file":
+        out, fragment = _under_a_file(tmp_path)
+    else:
+        out, fragment = Path("/proc") / f"hpatk-{tmp_path.name}", "cannot write"
+    r = invoke(*COMMANDS[command](inputs, out))
+    line = assert_one_line_error(r)
+    assert fragment in line or (place == "under /proc" and "/proc" in line), line
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["a-file"] if place ==
+                                                         "under a file" else [])
+
+
+# -- 5. a full disk ---------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?); ENOSPC is injected elsewhere")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+def test_full_disk_keeps_the_previous_checkpoint_injected(tmp_path, monkeypatch):
+    """ENOSPC injected into torch.save: one line, the old file intact, no temporary."""
+    import errno
+
+    import torch
+    from hpatk.core.checkpoint import save_checkpoint
+    from hpatk.core.errors import HpatkError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"kind": "classifier", "epoch": 1}, path)
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(HpatkError, match=f"no space left on device writing {path}$"):
+        save_checkpoint({"kind": "classifier", "epoch": 2}, path)
+    assert path.read_bytes() == before and _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["data synth", "cache build", "train", "export"])
+def test_full_disk_is_one_line_and_leaves_no_temporary(inputs, small_disk, command):
+    previous = small_disk / "c.h5"
+    if command == "cache build":  # a good 16 px cache is there; a 64 px one does not fit
+        from hpatk.core.cache import build_cache
+
+        build_cache(inputs["data"], previous, enhance="none", size=16, workers=1, quiet=True)
+    before = previous.read_bytes() if previous.exists() else None
+    args = {
+        "data synth": ["data", "synth", small_disk / "d", "--n", 100, "--size", 128,
+                       "--workers", 1],
+        "cache build": ["cache", "build", inputs["data"], "--out", previous, "--size", 64,
+                        "--enhance", "none", "--workers", 1],
+        "train": ["train", "--data", inputs["cache"], "--backbone", TINY, "--epochs", 1,
+                  "--out", small_disk / "run"],
+        "export": ["export", inputs["ckpt"], "--out", small_disk / "m.onnx"],
+    }[command]
+    r = invoke(*args)
+    assert_one_line_error(r, "no space left on device writing")
+    assert _temps(small_disk) == []
+    if before is not None:
+        assert previous.read_bytes() == before
+    assert not (small_disk / "d").exists() and not (small_disk / "m.onnx").exists()
+
+
+# -- 6. Ctrl-C ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory):
+    """Enough images that a 2-worker cache build takes several seconds."""
+    from hpatk.core.synth import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("slow") / "data", n=240, size=128, seed=3,
+                          workers=2)
+
+
+def _interrupt(args: list[str], delay: float, cwd: Path) -> tuple[int, str, float]:
+    """Run ``hpatk ARGS`` in its own process group, SIGINT the group after ``delay`` s;
+    (exit code, output, seconds from the signal to the exit)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "hpatk.cli.main", *map(str, args)], cwd=cwd,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    time.sleep(delay)
+    sent = time.monotonic()
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail(f"still running 30 s after Ctrl-C:\n{out}")
+    return p.returncode, out, time.monotonic() - sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, delay", [
+    ("cache build", 1.0), ("cache build", 4.0), ("cache build", 8.0), ("data synth", 5.0),
+])
+def test_ctrl_c_ends_within_seconds_without_traceback(slow_data, tmp_path, command, delay):
+    args = {"cache build": ["cache", "build", slow_data, "--out", tmp_path / "c.h5",
+                            "--size", 64, "--workers", 2],
+            "data synth": ["data", "synth", tmp_path / "d", "--n", 400, "--size", 128,
+                           "--workers", 2]}[command]
+    code, out, took = _interrupt(args, delay, tmp_path)
+    assert code == 1 and "Aborted!" in out and "Traceback" not in out, out
+    assert took < 15, f"{took:.1f} s from Ctrl-C to exit"
+    assert _temps(tmp_path) == [] and not (tmp_path / "c.h5").exists()
+    assert not (tmp_path / "d").exists()
+
+
+# -- 7. temporaries of killed runs --------------------------------------------------------
+def test_resume_removes_checkpoint_temporaries_of_a_killed_run(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    stale = [run / ".last.pt.k1ll3d9x.tmp", run / ".best_loss.pt.abcdefgh.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    r = invoke("train", "--out", run, "--resume", "--epochs", 2)
+    assert r.exit_code == 0, r.output
+    assert "removed a partial build left by a killed process" in r.output
+    assert _temps(run) == [] and (run / "last.pt").is_file()
+
+
+def test_data_synth_removes_the_folder_a_killed_run_left(tmp_path):
+    left = tmp_path / ".d.zz9abc12.tmp"
+    (left / "train").mkdir(parents=True)
+    (left / "train" / "x_green.png").write_bytes(b"\x89PNG")
+    other = tmp_path / ".d.csv.abcdefgh.tmp"  # another file's temporary: not ours
+    other.write_text("x")
+    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert not left.exists() and other.exists() and (tmp_path / "d" / "train.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_synth_killed_with_sigkill_is_cleaned_by_the_next_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "hpatk.cli.main", "data", "synth", str(tmp_path / "d"),
+            "--n", 400, "--size", 128, "--workers", 1]
+    p = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".d.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert list(tmp_path.glob(".d.*.tmp")), "the killed run left nothing to clean"
+    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert not list(tmp_path.glob(".d.*.tmp"))
+
+
+# -- 8. half run folders, --resume without last.pt -------------------------------------
+def test_resume_without_last_pt_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "half"
+    run.mkdir()
+    for name in ("config.yaml", "folds.csv"):
+        shutil.copy(tiny_run / name, run / name)
+    r = invoke("train", "--out", run, "--resume")
+    assert_one_line_error(r, "has no last.pt", "without --resume")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "folds.csv"]
+
+
+def test_a_half_run_folder_is_started_over_and_said_so(tiny_run, synth_cache, tmp_path):
+    import shutil
+
+    run = tmp_path / "half"
+    run.mkdir()
+    for name in ("config.yaml", "folds.csv"):
+        shutil.copy(tiny_run / name, run / name)
+    r = invoke("train", "--data", synth_cache, "--backbone", TINY, "--aug", "none",
+               "--epochs", 1, "--batch-size", 16, "--out", run)
+    assert r.exit_code == 0, r.output
+    assert "stopped before its first checkpoint (no last.pt); starting it over" in r.output
+    assert (run / "last.pt").is_file() and (run / "report.md").is_file()
+
+
+# -- 9. synthetic images dropped by a cache rebuild -------------------------------------
+def test_a_cache_rebuild_says_how_many_synthetic_images_it_drops(synth_data, tmp_path):
+    import numpy as np
+    from hpatk.core.cache import add_synthetic, build_cache, read_cache_meta
+
+    cache = build_cache(synth_data, tmp_path / "c.h5", enhance="none", size=16, workers=1,
+                        quiet=True)
+    add_synthetic(cache, np.zeros((5, 4, 16, 16), np.uint8), 0, generator="g0.pt", fold=None,
+                  seed=0)
+    add_synthetic(cache, np.zeros((3, 4, 16, 16), np.uint8), 25, generator="g25.pt",
+                  fold=None, seed=0)
+    r = invoke("cache", "build", synth_data, "--out", cache, "--size", 16, "--enhance",
+               "clahe", "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert "drops its 8 synthetic images (2 batches" in r.output
+    assert read_cache_meta(cache)["synthetic"] == []
+    r = invoke("cache", "build", synth_data, "--out", cache, "--size", 16, "--enhance",
+               "clahe", "--workers", 1)
+    assert "up to date" in r.output and "synthetic" not in r.output  # nothing dropped
+
+
+# -- 10. plugin problems ------------------------------------------------------------------
+BROKEN_HOOK = '''
+from hpatk.core import hookimpl
+
+
+@hookimpl
+def hpatk_register_enhancers(register):
+    raise RuntimeError("g3 needs libfoo")
+
+
+@hookimpl
+def hpatk_register_commands(cli):
+    @cli.command("boom")
+    def boom():
+        """Fail like a buggy plugin command."""
+        return {}["missing"]
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "badimport.py").write_text("import this_module_does_not_exist_hpatk\n")
+    (folder / "badhook.py").write_text(BROKEN_HOOK)
+    return folder
+
+
+def _hpatk(*args: object, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hpatk.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def test_broken_plugins_warn_on_every_command_unless_silenced(plugin_dir, synth_data):
+    r = _hpatk("--plugins-dir", plugin_dir, "data", "check", synth_data)
+    warnings = [line for line in r.stderr.splitlines() if "warning: plugin" in line]
+    assert len(warnings) == 2, r.stderr
+    assert any("plugins-dir:badimport" in w and "this_module_does_not_exist_hpatk" in w
+               for w in warnings)
+    assert any("plugins-dir:badhook" in w and "g3 needs libfoo" in w for w in warnings)
+    quiet = _hpatk("--plugins-dir", plugin_dir, "data", "check", synth_data,
+                   env={"HPATK_NO_PLUGIN_WARNINGS": "1"})
+    assert "warning: plugin" not in quiet.stderr and quiet.returncode == r.returncode
+
+
+def test_an_unknown_name_names_the_broken_plugins_that_may_provide_it(plugin_dir, synth_data,
+                                                                      tmp_path):
+    r = _hpatk("--plugins-dir", plugin_dir, "cache", "build", synth_data, "--enhance", "g3",
+               "--out", tmp_path / "c.h5", env={"HPATK_NO_PLUGIN_WARNINGS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    line = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert len(line) == 1 and "unknown enhancer 'g3'" in line[0]
+    assert "plugin 'plugins-dir:badhook' is broken (RuntimeError: g3 needs libfoo)" in line[0]
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_a_plugin_command_that_raises_is_one_line_with_details_on_demand(plugin_dir):
+    env = {"HPATK_NO_PLUGIN_WARNINGS": "1"}
+    r = _hpatk("--plugins-dir", plugin_dir, "boom", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: KeyError in 'hpatk boom': 'missing' (rerun with --traceback or HPATK_DEBUG=1 "
+        "for details)")
+    for how in (["--traceback"], []):
+        d = _hpatk("--plugins-dir", plugin_dir, *how, "boom",
+                   env={**env, **({} if how else {"HPATK_DEBUG": "1"})})
+        assert d.returncode == 1 and "Traceback" in d.stderr and "KeyError" in d.stderr

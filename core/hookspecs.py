@@ -81,4 +81,8 @@ def hpatk_register_losses(register: Register) -> None:
 
 @hookspec
 def hpatk_register_commands(cli: click.Group) -> None:
-    """Add click commands (or groups) to the ``hpatk`` command line."""
+    """Add click commands (or groups) to the ``hpatk`` command line.
+
+    A command whose name a built-in command or an earlier plugin's command has is
+    refused (the first stays; ``hpatk plugins`` lists the refusal, naming both).
+    """

@@ -65,8 +65,8 @@ def _score_submission(submission: Path, answers: Path, classes: list[int]) -> di
 def demo_size(backbone: str, size: int | None, default: int = 64) -> int:
     """The demo's training size: ``size`` when given (refused below the backbone's
     minimum input size), else ``default`` raised to that minimum (rounded up to 16 px)."""
-    from hpatk.core.engine import backbone_min_size
     from hpatk.core.errors import HpatkError
+    from hpatk.core.train_objects import backbone_min_size
 
     smallest = backbone_min_size(backbone, num_classes=5)
     if smallest is None:

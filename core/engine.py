@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,22 @@ from hpatk.core.progress import progress
 from hpatk.core.registry import get_registry
 from hpatk.core.run import (
     BEST,
-    read_metrics,
+    FoldResult,
     rng_state,
     seed_everything,
     set_rng_state,
+    write_fold_summary,
     write_metrics,
     write_thresholds,
 )
 from hpatk.core.train_config import RESUME_SAFE, TrainConfig, write_config
+from hpatk.core.train_objects import (
+    build_augment,
+    build_loss,
+    build_model,
+    check_objects,
+    state_dict_cpu,
+)
 from hpatk.core.version import __version__
 from torch import nn
 
@@ -115,189 +123,7 @@ def _diverged(message: str) -> HpatkError:
     return TrainingDiverged(message) if ddp.is_main() else ddp.StoppedByPeer(message)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    if isinstance(exc, HpatkError):
-        return line
-    return f"{type(exc).__name__}: {line}".rstrip(": ")
-
-
-def _shown(params: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in params.items())
-
-
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
-                pretrained: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The backbone from the registry and its checkpoint ``model`` spec."""
-    kwargs = dict(cfg.backbone_params)
-    if cfg.head != "default":
-        kwargs["head"] = cfg.head
-    reg = get_registry()
-    try:
-        model = reg.backbones.create(cfg.backbone, num_classes=num_classes, in_chans=in_chans,
-                                     pretrained=pretrained, **kwargs)
-    except Exception as exc:
-        if isinstance(exc, HpatkError) and (str(exc).startswith("--") or not kwargs):
-            raise  # names its option already (--pretrained, --head, ...)
-        given = f" {_shown(cfg.backbone_params)}" if cfg.backbone_params else ""
-        raise HpatkError(f"{cfg.where('backbone_params')}{given}: backbone '{cfg.backbone}' "
-                         f"cannot be built with these options: {_first_line(exc)}") from exc
-    spec = {"backbone": reg.backbones.canonical(cfg.backbone), "num_classes": num_classes,
-            "in_chans": in_chans, "kwargs": kwargs}
-    return model, spec
-
-
-def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The registered loss with ``loss_params``; bad parameters are one line naming them."""
-    try:
-        return get_registry().losses.create(cfg.loss, **cfg.loss_params)
-    except Exception as exc:
-        raise HpatkError(f"{cfg.where('loss_params')} {_shown(cfg.loss_params)}: loss "
-                         f"'{cfg.loss}' refuses them: {_first_line(exc)}") from exc
-
-
-def build_augment(cfg: TrainConfig) -> nn.Module | None:
-    """The batch augmentation module: ``--aug`` when it names one, ``--batch-aug`` when
-    ``--aug`` names a synthesizer (its images join the training set; the batches are
-    still augmented), None for ``none``."""
-    from hpatk.core.synthetic import resolve_aug
-
-    choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
-    if choice.batch is None:
-        return None
-    try:
-        aug = get_registry().augmentations.create(choice.batch, **choice.batch_params)
-    except Exception as exc:
-        raise HpatkError(f"{cfg.where('aug_params')} {_shown(choice.batch_params)}: "
-                         f"augmentation '{choice.batch}' refuses them: {_first_line(exc)}"
-                         ) from exc
-    if not isinstance(aug, nn.Module):
-        raise HpatkError(f"--aug {choice.batch}: not a batch augmentation (nn.Module)")
-    return aug
-
-
-def _forward_error(model: nn.Module, in_chans: int, size: int,
-                   batch: int = 1) -> BaseException | None:
-    """The exception ``model`` raises on a random (batch, in_chans, size, size) input,
-    or None when it gives logits."""
-    try:
-        with torch.no_grad():
-            model(torch.rand(batch, in_chans, size, size))
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        return exc
-    return None
-
-
-def min_input_size(model: nn.Module, in_chans: int, *, start: int = 16,
-                   upto: int = 1024) -> int | None:
-    """The smallest square input size ``model`` accepts, at least ``start``: timm's
-    ``pretrained_cfg["min_input_size"]`` when it says, else forward passes in eval mode
-    (sizes doubled from ``start`` until one works, then a binary search). None when no
-    size up to ``upto`` works."""
-    cfg_min = (getattr(model, "pretrained_cfg", None) or {}).get("min_input_size")
-    if cfg_min:
-        return int(cfg_min[-1])
-    was_training = model.training
-    model.eval()
-    try:
-        if _forward_error(model, in_chans, start) is None:
-            return start
-        lo, hi = start, start * 2  # lo fails, hi is tried next
-        while _forward_error(model, in_chans, hi) is not None:
-            if hi >= upto:
-                return None
-            lo, hi = hi, min(hi * 2, upto)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _forward_error(model, in_chans, mid) is None:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-    finally:
-        model.train(was_training)
-
-
-def backbone_min_size(name: str, *, in_chans: int = 4, num_classes: int = 2,
-                      params: dict[str, Any] | None = None) -> int | None:
-    """The smallest input size backbone ``name`` accepts (see :func:`min_input_size`)."""
-    model = get_registry().backbones.create(name, num_classes=num_classes, in_chans=in_chans,
-                                            pretrained=None, **dict(params or {}))
-    return min_input_size(model, in_chans)
-
-
-def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
-                  augment: nn.Module | None, *, in_chans: int, num_classes: int,
-                  size: int, size_from: str) -> None:
-    """Run one tiny batch (2 random images) through ``augment``, ``model`` (train mode,
-    no gradients) and ``loss_fn``; a failure is one line naming the option behind it.
-
-    Args:
-        size_from: what chose ``size``, for the message (``--size 64``).
-
-    Raises:
-        HpatkError: the backbone cannot take ``size`` px (naming its minimum), or a
-            parameter makes the model, loss or augmentation fail.
-    """
-    x = torch.rand(2, in_chans, size, size)
-    if augment is not None:
-        try:
-            with torch.no_grad():
-                augment(x.clone())
-        except Exception as exc:
-            raise HpatkError(f"{cfg.where('aug_params')} {_shown(cfg.aug_params)}: "
-                             f"augmentation '{cfg.aug}' fails on a test batch: "
-                             f"{_first_line(exc)}") from exc
-    model.train()
-    try:
-        with torch.no_grad():
-            logits = model(x).float()
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        # shape errors are RuntimeErrors; a TypeError/ValueError is a bad option value
-        smallest = (min_input_size(model, in_chans, start=size)
-                    if isinstance(err, RuntimeError) else None)
-        if smallest is not None and smallest > size:
-            raise HpatkError(f"--backbone {cfg.backbone}: needs images of at least {smallest} "
-                             f"px, and {size_from} gives {size} px; use a larger --size") from None
-        where = (f"{cfg.where('backbone_params')} {_shown(cfg.backbone_params)}: "
-                 if cfg.backbone_params else f"--backbone {cfg.backbone}: ")
-        raise HpatkError(f"{where}backbone '{cfg.backbone}' fails on a test batch of "
-                         f"{size} px images: {_first_line(err)}") from err
-    if tuple(logits.shape) != (2, num_classes):
-        raise HpatkError(f"--backbone {cfg.backbone}: gives logits of shape "
-                         f"{tuple(logits.shape)} for 2 images, not (2, {num_classes})")
-    targets = (torch.rand(2, num_classes) > 0.5).float()
-    try:
-        with torch.no_grad():
-            value = loss_fn(logits, targets)
-        float(value)
-    except Exception as exc:
-        raise HpatkError(f"{cfg.where('loss_params')} {_shown(cfg.loss_params)}: loss "
-                         f"'{cfg.loss}' fails on a test batch: {_first_line(exc)}") from exc
-
-
-def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in
-            model.state_dict().items()}
-
-
 # -- the run -----------------------------------------------------------------------------
-@dataclass
-class FoldResult:
-    """What one fold's training produced."""
-
-    run_dir: Path
-    fold: int
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)
-    thresholds: list[float] = field(default_factory=list)
-    epochs_done: int = 0
-    # the best macro-F1 model on the validation images: the run's out-of-fold predictions
-    val_ids: list[str] = field(default_factory=list)
-    val_probs: np.ndarray | None = None  # (M, K) float32
-    val_targets: np.ndarray | None = None  # (M, K) uint8
-
-
 @dataclass
 class PreparedRun:
     """What :func:`prepare_run` checked and resolved: the settings as ``config.yaml``
@@ -681,42 +507,3 @@ def _aug_text(cfg: TrainConfig) -> str:
             f"{choice.batch or 'no'} batch augmentation")
 
 
-def write_fold_summary(out: Path, results: list[FoldResult],
-                       oof: dict[str, Any] | None = None) -> None:
-    """``summary.md`` / ``summary.csv``: each fold's best validation metrics, mean +- sd,
-    and the out-of-fold metrics (``oof``, from :func:`hpatk.core.oof.write_oof`)."""
-    import csv
-
-    from hpatk.core.io import atomic_open
-
-    keys = ("val_macro_f1", "val_macro_f1_all", "val_micro_f1", "val_accuracy",
-            "val_paper_macro_f1")
-    rows = [{"fold": r.fold, "epoch": r.best["best_macro_f1"]["epoch"],
-             **{k: r.best["best_macro_f1"].get(k, float("nan")) for k in keys}}
-            for r in results]
-    with atomic_open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["fold", "epoch", *keys])
-        w.writeheader()
-        w.writerows(rows)
-    k = len(results[0].thresholds) if results else 0
-    lines = ["# Cross-validation summary (best macro-F1 checkpoint per fold)", "",
-             f"Macro F1 (Kaggle: mean of per-class F1) over the classes present in each "
-             f"validation fold; 'all {k}': the same over every class of the model (absent "
-             f"classes score 0); Eq. 8: the paper's F1 of mean precision and recall.", "",
-             f"| fold | epoch | macro F1 (Kaggle) | macro F1 (all {k}) | micro F1 | accuracy "
-             f"| macro F1 (Eq. 8) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += ["| " + " | ".join([str(r["fold"]), str(r["epoch"])]
-                                + [f"{r[key]:.4f}" for key in keys]) + " |" for r in rows]
-    stats = [np.array([r[key] for r in rows]) for key in keys]
-    lines.append("| mean +- sd | | " + " | ".join(
-        f"{s.mean():.4f} +- {s.std(ddof=1) if len(s) > 1 else 0.0:.4f}" for s in stats) + " |")
-    if oof:
-        lines += ["", "## Out-of-fold", "", *oof["lines"]]
-    with atomic_open(out / "summary.md", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def run_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """``metrics.csv`` of a run folder, as rows."""
-    return read_metrics(Path(run_dir) / "metrics.csv")

@@ -1,4 +1,5 @@
-"""The run folder: ``metrics.csv``, ``thresholds.json``, RNG state for resume.
+"""The run folder: ``metrics.csv``, ``thresholds.json``, RNG state for resume, and the
+cross-validation summary of a ``--fold all`` run (``summary.md`` / ``summary.csv``).
 
 Layout (DESIGN.md)::
 
@@ -13,9 +14,11 @@ import csv
 import json
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hpatk.core.errors import HpatkError
 from hpatk.core.io import atomic_open
 
@@ -116,3 +119,55 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@dataclass
+class FoldResult:
+    """What one fold's training produced."""
+
+    run_dir: Path
+    fold: int
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+    # the best macro-F1 model on the validation images: the run's out-of-fold predictions
+    val_ids: list[str] = field(default_factory=list)
+    val_probs: np.ndarray | None = None  # (M, K) float32
+    val_targets: np.ndarray | None = None  # (M, K) uint8
+
+
+def write_fold_summary(out: Path, results: list[FoldResult],
+                       oof: dict[str, Any] | None = None) -> None:
+    """``summary.md`` / ``summary.csv``: each fold's best validation metrics, mean +- sd,
+    and the out-of-fold metrics (``oof``, from :func:`hpatk.core.oof.write_oof`)."""
+    keys = ("val_macro_f1", "val_macro_f1_all", "val_micro_f1", "val_accuracy",
+            "val_paper_macro_f1")
+    rows = [{"fold": r.fold, "epoch": r.best["best_macro_f1"]["epoch"],
+             **{k: r.best["best_macro_f1"].get(k, float("nan")) for k in keys}}
+            for r in results]
+    with atomic_open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["fold", "epoch", *keys])
+        w.writeheader()
+        w.writerows(rows)
+    k = len(results[0].thresholds) if results else 0
+    lines = ["# Cross-validation summary (best macro-F1 checkpoint per fold)", "",
+             f"Macro F1 (Kaggle: mean of per-class F1) over the classes present in each "
+             f"validation fold; 'all {k}': the same over every class of the model (absent "
+             f"classes score 0); Eq. 8: the paper's F1 of mean precision and recall.", "",
+             f"| fold | epoch | macro F1 (Kaggle) | macro F1 (all {k}) | micro F1 | accuracy "
+             f"| macro F1 (Eq. 8) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join([str(r["fold"]), str(r["epoch"])]
+                                + [f"{r[key]:.4f}" for key in keys]) + " |" for r in rows]
+    stats = [np.array([r[key] for r in rows]) for key in keys]
+    lines.append("| mean +- sd | | " + " | ".join(
+        f"{s.mean():.4f} +- {s.std(ddof=1) if len(s) > 1 else 0.0:.4f}" for s in stats) + " |")
+    if oof:
+        lines += ["", "## Out-of-fold", "", *oof["lines"]]
+    with atomic_open(out / "summary.md", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """``metrics.csv`` of a run folder, as rows."""
+    return read_metrics(Path(run_dir) / "metrics.csv")

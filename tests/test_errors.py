@@ -99,8 +99,8 @@ def test_settings_are_validated_once_in_train_config():
 # -- 3. a backbone's minimum input size -------------------------------------------------
 def test_min_input_size_is_the_smallest_size_that_runs():
     import torch
-    from hpatk.core.engine import min_input_size
     from hpatk.core.registry import get_registry
+    from hpatk.core.train_objects import min_input_size
 
     model = get_registry().backbones.create("inceptionv4", num_classes=2, in_chans=4).eval()
     smallest = min_input_size(model, 4)

@@ -167,6 +167,17 @@ def summarise(results: list[dict[str, Any]], arms: list[str]) -> tuple[list[dict
     return table, diffs
 
 
+def arm_label(aug: str, batch_aug: str = "classic") -> str:
+    """What an arm trains with: ``classic``, ``classic + gan`` (a synthesizer with its batch
+    augmentation), ``none (no augmentation)``, or a batch augmentation's name."""
+    from hpatk.core.synthetic import resolve_aug
+
+    choice = resolve_aug(aug, None, batch_aug)
+    if choice.synth:
+        return f"{choice.batch} + {aug}" if choice.batch else aug
+    return choice.batch or "none (no augmentation)"
+
+
 def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> dict[str, Path]:
     """``table.md``, ``table.csv``, ``differences.csv`` and ``table.png``."""
     table, diffs = summarise(results, arms)
@@ -196,7 +207,7 @@ def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> d
     for r in table:
         cells = [f"{r[f'{s}_{k}_mean']:.3f} +- {r[f'{s}_{k}_sd']:.3f}"
                  for k in METRICS for s in SPLITS]
-        name = r["aug"] if r["aug"] == BASELINE else f"classic + {r['aug']}"
+        name = arm_label(r["aug"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired difference to classic, per fold", "",
               "Mean of (arm - classic) over the folds, 95% paired-t interval over folds "
@@ -226,7 +237,7 @@ def _plot(path: Path, table: list[dict[str, Any]]) -> None:
         for j, r in enumerate(table):
             mean = [r[f"{split}_{k}_mean"] for k in METRICS]
             sd = [r[f"{split}_{k}_sd"] for k in METRICS]
-            label = r["aug"] if r["aug"] == BASELINE else f"classic + {r['aug']}"
+            label = arm_label(r["aug"])
             ax.bar(x + (j - (len(table) - 1) / 2) * w, mean, w, yerr=sd, capsize=3, label=label)
         ax.set_xticks(x, list(METRICS.values()), rotation=15)
         ax.set(ylim=(0, 1), title="training images" if split == "train" else "validation")

@@ -74,11 +74,6 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def launch_rank() -> int:
-    """The rank the launcher gave this process (0 without a launcher)."""
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 @contextmanager
 def distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
                 device: str = "auto") -> Iterator[Dist]:

@@ -76,7 +76,8 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, synth_
           folds: int, fold_seed: int | None, fold_classes: str, folds_file: str | None,
           exclusive: bool, resume: bool, force: bool) -> None:
     """Fit a synthesizer per class (or one conditional synthesizer for all the classes)
-    on the cache's images and write OUT/.../generator.pt.
+    on the cache's images and write OUT/.../generator.pt. Under torchrun the generators
+    spread over the processes (round robin).
 
     \b
     Example:
@@ -95,18 +96,12 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, synth_
         raise click.UsageError("--folds-file and --fold-seed need --fold K")
 
     import numpy as np
-    from hpatk.core.cache import cache_ids, cache_labels, ensure_cache, ids_digest, read_cache_meta
+    from hpatk.core.cache import cache_ids, cache_labels, ensure_cache, read_cache_meta
     from hpatk.core.classes import CLASS_NAMES, parse_class, parse_classes, top_classes
     from hpatk.core.errors import HpatkError
     from hpatk.core.folds import assign_folds
     from hpatk.core.registry import get_registry
-    from hpatk.core.synthetic import (
-        build_synthesizer,
-        fit_synthesizer,
-        generator_key,
-        read_images,
-        save_generator,
-    )
+    from hpatk.core.synthetic import build_synthesizer
 
     options = dict(params or {})
     for key, value in (("image_size", size), ("steps", steps), ("batch_size", batch_size),
@@ -162,6 +157,37 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, synth_
             raise HpatkError(f"'{run}' already holds a generator; pass --resume to continue "
                              f"it or --force to start over")
         plan.append((targets, rows, run))
+    from hpatk.core import distributed as ddp
+
+    with ddp.distributed(device=str(options.get("device", "auto"))):
+        try:
+            _fit_all(ddp.spread(plan), name, options, cache, meta, labels, ids, part, fold,
+                     seed, force=force, resume=resume)
+        except BaseException:
+            ddp.agree(False, ddp.LONG_WAIT_S)
+            raise
+        failed = ddp.agree(True, ddp.LONG_WAIT_S)
+        if failed:
+            raise HpatkError(f"gan train: rank(s) {failed} failed; their classes have no "
+                             f"generator")
+
+
+def _fit_all(plan: list[Any], name: str, options: dict[str, Any], cache: Path,
+             meta: dict[str, Any], labels: Any, ids: list[str], part: str, fold: int | None,
+             seed: int, *, force: bool, resume: bool) -> None:
+    """Fit and save each (classes, rows, folder) of ``plan`` (this rank's share under
+    torchrun: one generator per class, round robin)."""
+    import numpy as np
+    from hpatk.core.cache import ids_digest
+    from hpatk.core.synthetic import (
+        build_synthesizer,
+        fit_synthesizer,
+        generator_key,
+        read_images,
+        save_generator,
+    )
+
+    probe = build_synthesizer(name, options)
     for targets, rows, run in plan:
         if force:  # stale pictures of the old run would sit beside the new ones
             for old in [*run.glob("samples_step_*.png"), run / "last.pt", run / "generator.pt"]:

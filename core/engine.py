@@ -287,7 +287,7 @@ class _Fold:
 
 def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
                 resume: bool) -> FoldResult:
-    from hpatk.core.synthetic import resolve_aug, synthesize_fold
+    from hpatk.core.synthetic import resolve_aug
     from hpatk.core.train_data import fold_datasets
 
     st = _Fold(cfg, plan, fold, run_dir)
@@ -295,11 +295,7 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
     syn_rows = None
     if choice.synth is not None:  # before seeding: fitting generators draws random numbers
-        # rank 0 fits and samples; the other ranks then find every sample in the cache
-        with ddp.main_first("fitting the generators"):
-            syn_rows = synthesize_fold(plan, fold, run_dir, choice,
-                                       per_class_n=cfg.synthetic_per_class, seed=cfg.seed,
-                                       source=cfg.synthetic_source, write=ddp.is_main()).rows
+        syn_rows = _synthetic_rows(cfg, plan, fold, run_dir, choice)
     seed_everything(cfg.seed)
     train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic_rows=syn_rows)
     st.n_synthetic = n_syn
@@ -419,6 +415,33 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
               f"acc {row['val_accuracy']:.4f} ({row['time']:.0f}s)", file=sys.stderr)
     del train_loader, val_loader
     return _finish(st, rows, best, val_ds, prep, workers)
+
+
+def _synthetic_rows(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path,
+                    choice: Any) -> np.ndarray:
+    """The synthesizer step of one fold. Under DDP every rank fits and samples its
+    round-robin share of the generators; then rank 0 records them all (every sample is in
+    the cache by then) and the others read the rows."""
+    from hpatk.core.synthetic import synthesize_fold
+
+    kw = dict(per_class_n=cfg.synthetic_per_class, seed=cfg.seed,
+              source=cfg.synthetic_source)
+    done = None
+    if ddp.current().enabled and cfg.synthetic_source == "fit":
+        try:
+            mine = synthesize_fold(plan, fold, run_dir, choice, **kw, write=False,
+                                   share=ddp.spread).records
+        except BaseException:
+            ddp.agree(False, ddp.LONG_WAIT_S)
+            raise
+        if ddp.agree(True, ddp.LONG_WAIT_S):
+            raise ddp.StoppedByPeer(f"rank {ddp.current().rank}: another rank failed fitting "
+                                    f"the generators")
+        done = {r["key"]: (r["source"], float(r["seconds"]))
+                for records in ddp.all_objects(mine) for r in records if r["key"]}
+    with ddp.main_first("recording the generators"):
+        return synthesize_fold(plan, fold, run_dir, choice, **kw, write=ddp.is_main(),
+                               done=done).rows
 
 
 def _workers(cfg: TrainConfig, device: torch.device) -> int:

@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,7 +324,9 @@ def _say(msg: str) -> None:
 
 def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
                     per_class_n: int, seed: int, source: str = "fit",
-                    progress: bool = True, write: bool = True) -> FoldSynthetic:
+                    progress: bool = True, write: bool = True,
+                    share: Callable[[list[Any]], list[Any]] | None = None,
+                    done: dict[str, tuple[str, float]] | None = None) -> FoldSynthetic:
     """Synthetic images for training ``fold``: fit (or reuse) generators on exactly its
     training images, sample ``per_class_n`` per class into the cache, and return the rows.
 
@@ -336,6 +338,11 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
 
     Writes ``run_dir/synthetic/class_XX.png`` (real vs synthetic) and
     ``run_dir/synthetic.csv`` (unless ``write`` is False: DDP ranks other than 0).
+
+    Under DDP, each rank first runs this with ``share`` (its round-robin share of the
+    generators, ``hpatk.core.distributed.spread``) and ``write=False``; then rank 0 runs
+    it whole, every sample already in the cache, with ``done`` (key -> (source,
+    seconds), what the ranks did) so that ``synthetic.csv`` says what really happened.
     """
     from hpatk.core.cache import read_cache_meta, synthetic_info
 
@@ -372,10 +379,12 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     groups = ([([c], train_rows[plan.labels[train_rows, c] > 0]) for c in classes]
               if probe.per_class else [(classes, train_rows)])
     records = []
-    for targets, rows in groups:
+    for targets, rows in (share(groups) if share is not None else groups):
         records += _one_generator(plan, fold, run_dir, choice, store, meta, targets, rows,
                                   per_class_n=per_class_n, seed=seed, progress=progress,
-                                  write=write)
+                                  write=write, done=done)
+    if share is not None:
+        return FoldSynthetic(np.zeros(0, np.int64), records)
     safe, _ = _safe_batches(plan.path, classes, fold_ids)
     keys = {r["key"] for r in records}
     rows = _cache_rows(plan.path, [b for b in safe if b["key"] in keys], classes,
@@ -392,8 +401,8 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
 
 def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store: Path,
                    meta: dict[str, Any], targets: list[int], rows: np.ndarray, *,
-                   per_class_n: int, seed: int, progress: bool,
-                   write: bool = True) -> list[dict[str, Any]]:
+                   per_class_n: int, seed: int, progress: bool, write: bool = True,
+                   done: dict[str, tuple[str, float]] | None = None) -> list[dict[str, Any]]:
     """Fit or reuse the generator of ``targets`` on ``rows``; sample what is missing."""
     from hpatk.core.cache import ids_digest, synthetic_info
 
@@ -440,6 +449,9 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
                        seed=seed, summary=summary)
     records = []
     gen = None if source == "reused samples" else load_generator(gen_path)
+    seconds = time.monotonic() - t0
+    if done and key in done:  # another rank fitted or sampled it moments ago
+        source, seconds = done[key]
     for c in targets:
         if gen is not None and c in present and have[c] < per_class_n:
             sample_into_cache(gen, plan.path, c, per_class_n, seed=seed, resize=True)
@@ -448,12 +460,12 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
                         "train_images": int(plan.labels[rows, c].sum()),
                         "samples": per_class_n if c in present else 0,
                         "source": source if c in present else "none",
-                        "seconds": round(time.monotonic() - t0, 1),
+                        "seconds": round(seconds, 1),
                         "generator": str(gen_path)})
     if write:
         _grids(plan, run_dir, key, targets, rows, choice.synth, fold)
         _say(f"fold {fold}: {what}: {per_class_n} synthetic images per class ({source}, "
-             f"{time.monotonic() - t0:.0f}s)")
+             f"{seconds:.0f}s)")
     return records
 
 
@@ -615,14 +627,21 @@ def _cache_rows(cache: Path, batches: list[dict[str, Any]], classes: list[int],
     from hpatk.core.cache import read_cache_meta
 
     names = {b["batch"] for b in batches}
-    taken = dict.fromkeys(classes, 0)
-    out, start = [], 0
+    starts, start = {}, 0
+    chosen = []
     for b in read_cache_meta(cache)["synthetic"]:
-        if b["batch"] in names and b["class_index"] in taken:
-            k = min(b["n"], per_class_n - taken[b["class_index"]])
-            out.extend(range(start, start + k))
-            taken[b["class_index"]] += k
+        starts[b["batch"]] = start
         start += b["n"]
+        if b["batch"] in names and b["class_index"] in classes:
+            chosen.append(b)
+    # the same rows in the same order however concurrent writers numbered the batches
+    chosen.sort(key=lambda b: (classes.index(b["class_index"]), b["key"], b["batch"]))
+    taken = dict.fromkeys(classes, 0)
+    out: list[int] = []
+    for b in chosen:
+        k = min(b["n"], per_class_n - taken[b["class_index"]])
+        out.extend(range(starts[b["batch"]], starts[b["batch"]] + k))
+        taken[b["class_index"]] += k
     return np.asarray(out, dtype=np.int64)
 
 

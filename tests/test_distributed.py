@@ -404,3 +404,34 @@ def test_launch_checks_name_the_option(monkeypatch):
     ddp.check_divides([30])  # one process: any batch
     ddp.check_sync_bn(True, torch.device("cpu"))  # one process: nothing to synchronise
     assert ddp.spread(list(range(3))) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_synthesizer_generators_spread_over_ranks(small_cache, tmp_path):
+    """--aug meannoise under 2 processes: the 5 per-class generators are fitted once each,
+    by the two ranks round robin; rank 0 alone writes synthetic.csv, which says so; a
+    single process with the same settings then reuses every sample."""
+    import csv
+    import shutil
+
+    from click.testing import CliRunner
+    from hpatk.cli.main import cli
+    from hpatk.core.cache import read_cache_meta
+
+    cache = tmp_path / "cache.h5"
+    shutil.copy(small_cache, cache)
+    args = [*common(cache), "--batch-aug", "none", "--synthetic-per-class", 4, "--epochs", 1]
+    args[args.index("--aug") + 1] = "meannoise"
+    r = torchrun([*args, "--out", tmp_path / "run"], tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:]
+    with open(tmp_path / "run" / "synthetic.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(x["class"]) for x in rows] == [0, 25, 21, 2, 23]
+    assert {x["source"] for x in rows} == {"fitted"}
+    batches = read_cache_meta(cache)["synthetic"]
+    assert len(batches) == 5 and sorted(b["class_index"] for b in batches) == [0, 2, 21, 23, 25]
+    assert r.stdout.count("fitting meannoise") == 5  # each generator once, not once per rank
+    single = CliRunner().invoke(cli, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    with open(tmp_path / "one" / "synthetic.csv") as f:
+        assert {x["source"] for x in csv.DictReader(f)} == {"reused samples"}

@@ -217,5 +217,12 @@ def predict(model: str, images_dir: str, out: str, ids_csv: str | None, split: s
     elapsed = time.monotonic() - start
     write_outputs(clf, result, out, probs_csv)
     n = len(result.ids)
+    from hpatk.core.metrics import label_rate_warning
+
+    expected = meta.get("labels_per_image")
+    warning = label_rate_warning(sum(map(len, result.labels)) / max(n, 1),
+                                 float(expected or 0), f" for {images_dir}")
+    if warning:
+        click.echo(warning, err=True)
     click.echo(f"predicted {n} images in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} images/s"
                f", tta {tta}); wrote {out}" + (f" and {probs_csv}" if probs_csv else ""))

@@ -27,6 +27,7 @@ Conversions are explicit and documented, never silent clamping: 16-bit is scaled
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -64,6 +65,7 @@ class SampleRef:
     root: Path
     source: str = "kaggle"
     suffix: str = ".png"
+    line: int | None = field(default=None, compare=False)  # its CSV line, for messages
 
     def paths(self, stains: Sequence[str] = STAINS) -> list[Path]:
         """The stain files, in ``stains`` order."""
@@ -79,6 +81,8 @@ class Problem:
     line: int | None = None
     id: str | None = None
     stain: str | None = None
+    # for a problem with an image file: the CSV line listing its Id (skipped.csv's "line")
+    listed_on: int | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
@@ -129,9 +133,10 @@ def parse_target(text: str) -> tuple[int, ...]:
     """``"0 25"`` -> ``(0, 25)``. Raises ValueError with the reason."""
     tokens = text.split()
     for t in tokens:
-        if not t.isdigit() or not t.isascii():
+        digits = t[1:] if t[:1] in "+-" else t
+        if not digits.isdigit() or not digits.isascii():
             raise ValueError(f"label {_show(t)} is not an integer")
-        if int(t) >= NUM_CLASSES:
+        if not 0 <= int(t) < NUM_CLASSES:
             raise ValueError(f"label {t} is outside 0..{NUM_CLASSES - 1}")
     labels = [int(t) for t in tokens]
     if len(set(labels)) != len(labels):
@@ -244,9 +249,10 @@ def _scan(data_dir: str | os.PathLike[str], csv_name: str, image_dir: str, *,
         missing = [s for s in stains if f"{image_id}_{s}{suffix}" not in present]
         for s in missing:
             problems.append(Problem(folder / f"{image_id}_{s}{suffix}", "stain file not found "
-                                    f"(listed on {csv_path.name} line {line})", None, image_id, s))
+                                    f"(listed on {csv_path.name} line {line})", None, image_id, s,
+                                    listed_on=line))
         if not missing:
-            refs.append(SampleRef(image_id, labels, folder, source, suffix))
+            refs.append(SampleRef(image_id, labels, folder, source, suffix, line))
     return refs, problems
 
 
@@ -541,8 +547,8 @@ def check_dataset(data_dir: str | os.PathLike[str], *, stains: Sequence[str] = S
             def one(ref: SampleRef) -> tuple[str, tuple[int, int] | Problem]:
                 try:
                     return ref.id, load_stains(ref, stains).shape[1:]
-                except SampleError as exc:
-                    return ref.id, exc.problem
+                except SampleError as exc:  # the CSV line listing the image, for skipped.csv
+                    return ref.id, dataclasses.replace(exc.problem, listed_on=ref.line)
 
             with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
                 for image_id, res in progress(pool.map(one, refs), desc=f"check {split}",
@@ -570,7 +576,8 @@ def check_dataset(data_dir: str | os.PathLike[str], *, stains: Sequence[str] = S
 
 
 def write_skipped(path: str | os.PathLike[str], problems: Sequence[Problem]) -> Path:
-    """Write skipped samples as CSV (path,line,Id,stain,problem), atomically."""
+    """Write skipped samples as CSV (path,line,Id,stain,problem), atomically; ``line`` is
+    the CSV line of the problem, or for an image file the CSV line listing its Id."""
     from hpatk.core.io import atomic_open
 
     path = Path(path)
@@ -578,5 +585,6 @@ def write_skipped(path: str | os.PathLike[str], problems: Sequence[Problem]) -> 
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "line", "Id", "stain", "problem"])
         for p in problems:
-            w.writerow([str(p.path), p.line or "", p.id or "", p.stain or "", p.message])
+            w.writerow([str(p.path), p.line or p.listed_on or "", p.id or "", p.stain or "",
+                        p.message])
     return path

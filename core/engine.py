@@ -457,7 +457,12 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     """Tune thresholds with the best macro-F1 model on the validation fold; write
     ``thresholds.json`` (and into ``best_macro_f1.pt``) and ``report.md``."""
     from hpatk.core.checkpoint import build_classifier
-    from hpatk.core.metrics import apply_thresholds, per_class_f1, tune_thresholds
+    from hpatk.core.metrics import (
+        apply_thresholds,
+        label_rate_warning,
+        per_class_f1,
+        tune_thresholds,
+    )
     from hpatk.core.report import write_report
 
     run_dir, cfg = st.run_dir, st.cfg
@@ -487,6 +492,12 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                         res.probs.astype(np.float32), y)
     if not ddp.is_main():
         return result
+    train_rows = st.plan.split(st.fold)[0]
+    expected = float(st.plan.labels[train_rows][:, st.classes].sum(1).mean())
+    predicted = float(pred_t.sum(1).mean()) if len(pred_t) else 0.0
+    warning = label_rate_warning(predicted, expected, " on the validation fold")
+    if warning:
+        print(f"fold {st.fold}: {warning}", file=sys.stderr)
     write_thresholds(run_dir / "thresholds.json", st.classes, st.class_names, thr.tolist(),
                      checkpoint="best_macro_f1.pt", epoch=int(ckpt["epoch"]), fold=st.fold,
                      macro_f1_at_0_5=round(at_half["macro_f1"], 6),
@@ -495,8 +506,12 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                      classes_present=tuned["classes_present"],
                      macro_f1_note="over the classes present in the validation fold; "
                                    "macro_f1_all_tuned: over all the model's classes",
-                     note="tuned on the validation fold (F1-optimal per class)")
+                     labels_per_image={"training": round(expected, 4),
+                                       "validation_predicted": round(predicted, 4)},
+                     note="tuned on the validation fold (F1-optimal per class; the default "
+                          "0.5 where no cut beats calling every image positive)")
     ckpt["thresholds"] = [float(t) for t in thr]
+    ckpt["labels_per_image"] = round(expected, 4)  # predict compares against it
     save_checkpoint(ckpt, best_path)
     settings = {"backbone": cfg.backbone, "head": cfg.head, "classes": cfg.classes,
                 "size": st.plan.size, "stains": ",".join(st.plan.stains),
@@ -516,7 +531,8 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     write_report(run_dir, title=f"hpatk run: {cfg.backbone}, fold {st.fold}", rows=rows,
                  settings=settings, best=best_tuned, class_names=st.class_names, f1=list(f1),
                  f1_tuned=list(f1_t), thresholds=thr.tolist(),
-                 support=y.sum(0).astype(int).tolist())
+                 support=y.sum(0).astype(int).tolist(),
+                 notes=[f"**{warning[0].upper()}{warning[1:]}**"] if warning else ())
     return result
 
 

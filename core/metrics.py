@@ -267,6 +267,7 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray | No
             tp = np.count_nonzero(pred & t, axis=0)
             f1[i] = _f1(tp, pred.sum(axis=0) - tp, pos - tp, 0.0)
         best = f1.max(axis=0)
+        best_f1 = best
         # among equal F1, the grid value nearest the default
         score = np.where(f1 >= best - 1e-12, -np.abs(g[:, None] - default), -np.inf)
         chosen = g[np.argmax(score, axis=0)]
@@ -281,10 +282,30 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray | No
         f1 = np.where(s_sorted > nxt, f1, -1.0)  # only cut between distinct scores
         cut = np.argmax(f1, axis=1)
         rows = np.arange(k)
+        best_f1 = f1[rows, cut]
         hi, lo = s_sorted[rows, cut], nxt[rows, cut]
         mid = np.where(np.isfinite(lo), (hi + lo) / 2, hi)
         chosen = np.where(mid > lo, mid, hi)  # adjacent floats: keep the cut score itself
-    return np.where(pos > 0, chosen, thresholds)
+    # a cut no better than calling every image positive (the F1 a random predictor can
+    # reach, 2p / (1 + p)) says nothing about the model: keep the default there
+    informative = best_f1 > 2 * pos / (n + pos) + 1e-9
+    return np.where((pos > 0) & informative, chosen, thresholds)
+
+
+def label_rate_warning(predicted: float, expected: float, what: str = "") -> str | None:
+    """A warning when the mean number of labels per image predicted is far above the
+    training data's (more than twice it and at least one label more), else None.
+
+    Args:
+        predicted: mean labels per image predicted.
+        expected: mean labels per image of the training data (same classes).
+        what: where the predictions are (for the message).
+    """
+    if expected > 0 and predicted > max(2 * expected, expected + 1):
+        return (f"warning: {predicted:.1f} labels per image predicted{what}, the training "
+                f"data has {expected:.1f}; the model may have failed to learn (check its "
+                f"validation macro F1) and its thresholds label nearly everything")
+    return None
 
 
 def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray | float,

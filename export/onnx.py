@@ -560,6 +560,7 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
         "stains": stains, "input_size": size, "trained_size": trained, "enhance": enhance,
         "normalize": {"mean": mean, "std": std}, "output": options.output,
         "backbone": str(model_cfg.get("backbone", "")),
+        "labels_per_image": ckpt.get("labels_per_image"),  # of the training data
     }
     return ExportSpec(
         module=graph, input_name="images", output_name=options.output,

@@ -421,9 +421,14 @@ class OnnxClassifier(OnnxModel):
     def enhancer(self) -> Any:
         """The enhancer recorded in the metadata (built from the registry on first use)."""
         if self._enhancer is None:
+            from hpatk.core.errors import RegistryError
             from hpatk.core.preprocess import make_enhancer
 
-            self._enhancer = make_enhancer(self.metadata["enhance"])
+            try:
+                self._enhancer = make_enhancer(self.metadata["enhance"])
+            except RegistryError as exc:  # an enhancer this installation lacks
+                raise RegistryError(f"model '{self.path}' was cached with an enhancer this "
+                                    f"installation cannot build: {exc}") from None
         return self._enhancer
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:

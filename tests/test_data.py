@@ -149,7 +149,7 @@ CSV_CASES = {
     "label_text": ("Id,Target\na0,0 x\nb1,0\nc2,0\n",
                    r"train.csv:2: Id 'a0': label 'x' is not an integer"),
     "label_negative": ("Id,Target\na0,-1\nb1,0\nc2,0\n",
-                       r"Id 'a0': label '-1' is not an integer"),
+                       r"Id 'a0': label -1 is outside 0\.\.27"),
     "label_float": ("Id,Target\na0,1.0\nb1,0\nc2,0\n", r"label '1.0' is not an integer"),
     "label_repeat": ("Id,Target\na0,3 3\nb1,0\nc2,0\n", r"Id 'a0': a label is repeated"),
     "label_empty": ("Id,Target\na0,\nb1,0\nc2,0\n", r"Id 'a0': empty Target"),
@@ -392,8 +392,9 @@ def test_check_skip_bad_writes_the_skipped_list(tmp_path):
     assert f"skipped 2 sample(s); list written to {root / 'skipped.csv'}" in res.output
     with open(root / "skipped.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    # an image's problem gives the CSV line listing its Id
     assert [(r["Id"], r["stain"], r["line"]) for r in rows] == [("c2", "", "4"),
-                                                               ("b1", "red", "")]
+                                                               ("b1", "red", "3")]
     assert rows[1]["path"] == str(path) and "truncated" in rows[1]["problem"]
     other = tmp_path / "elsewhere.csv"
     res = _run("data", "check", str(root), "--skip-bad", "--skipped-out", str(other))

@@ -487,3 +487,108 @@ def test_a_plugin_command_that_raises_is_one_line_with_details_on_demand(plugin_
         d = _hpatk("--plugins-dir", plugin_dir, *how, "boom",
                    env={**env, **({} if how else {"HPATK_DEBUG": "1"})})
         assert d.returncode == 1 and "Traceback" in d.stderr and "KeyError" in d.stderr
+
+
+# -- 11. thresholds tuned on a failing model --------------------------------------------
+def test_tuning_keeps_the_default_where_no_cut_beats_calling_everything_positive():
+    import numpy as np
+    from hpatk.core.metrics import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 3)) < [0.1, 0.3, 0.5]).astype(np.uint8)
+    noise = rng.random((400, 3))
+    signal = np.where(y == 1, 0.7 + 0.3 * noise, 0.6 * noise)  # separable: cut 0.6..0.7
+    probs = np.concatenate([noise, signal], axis=1)
+    yy = np.concatenate([y, y], axis=1)
+    for grid in (None, np.linspace(0.05, 0.95, 19)):
+        thr = tune_thresholds(yy, probs, grid=grid)
+        for k in range(6):  # the reference: the tuned cut's F1 against "all positive"
+            pred = probs[:, k] >= thr[k]
+            tp = int((pred & (yy[:, k] == 1)).sum())
+            f1 = 2 * tp / (pred.sum() + yy[:, k].sum())
+            chance = 2 * yy[:, k].sum() / (len(yy) + yy[:, k].sum())
+            assert thr[k] == 0.5 or f1 > chance
+        assert np.all(thr[3:] > 0.55) and np.all(thr[3:] < 0.75)  # informative: tuned
+
+
+def test_label_rate_warning():
+    from hpatk.core.metrics import label_rate_warning
+
+    assert label_rate_warning(6.0, 1.5, " on x") is not None
+    assert "6.0 labels per image predicted on x" in label_rate_warning(6.0, 1.5, " on x")
+    assert label_rate_warning(2.4, 1.5) is None and label_rate_warning(1.0, 0.0) is None
+
+
+def test_train_records_label_rates_and_warns_when_far_above(tiny_run):
+    import json
+
+    from hpatk.core.metrics import label_rate_warning
+
+    info = json.loads((tiny_run / "thresholds.json").read_text())["labels_per_image"]
+    assert info["training"] > 0 and info["validation_predicted"] >= 1  # at least one label
+    warned = label_rate_warning(info["validation_predicted"], info["training"]) is not None
+    assert ("labels per image predicted" in (tiny_run / "report.md").read_text()) == warned
+
+
+def test_predict_warns_when_a_model_labels_nearly_everything(exported_model, synth_data,
+                                                             tmp_path):
+    import torch
+    from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(exported_model[0])
+    k = len(ckpt["classes"])
+    ckpt["thresholds"] = [0.0] * k  # every class on every image
+    ckpt["labels_per_image"] = 1.2
+    save_checkpoint(ckpt, tmp_path / "bad.pt")
+    r = invoke("export", tmp_path / "bad.pt", "--out", tmp_path / "bad.onnx", "--no-verify")
+    assert r.exit_code == 0, r.output
+    r = invoke("predict", tmp_path / "bad.onnx", synth_data, "--out", tmp_path / "s.csv")
+    assert r.exit_code == 0, r.output
+    assert f"warning: {k:.1f} labels per image predicted" in r.output
+    assert "the training data has 1.2" in r.output
+    del torch
+
+
+# -- 12. small ones -----------------------------------------------------------------------
+def test_a_negative_label_is_outside_the_range_not_a_non_integer():
+    from hpatk.core.data import parse_target
+
+    with pytest.raises(ValueError, match=r"label -1 is outside 0\.\.27"):
+        parse_target("0 -1")
+    with pytest.raises(ValueError, match="label 'x' is not an integer|label x is not"):
+        parse_target("x")
+
+
+def test_skipped_csv_names_the_csv_line_of_an_unreadable_image(synth_data, tmp_path):
+    import csv
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    with open(data / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    victim = rows[4]["Id"]  # CSV line 6 (the header is line 1)
+    (data / "train" / f"{victim}_green.png").write_bytes(b"not a png")
+    r = invoke("data", "check", data, "--skip-bad", "--skipped-out", tmp_path / "s.csv")
+    with open(tmp_path / "s.csv", newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert [(s["Id"], s["line"]) for s in skipped] == [(victim, "6")], r.output
+
+
+def test_an_unknown_enhancer_in_a_model_names_the_model_file(exported_model, tmp_path):
+    import json
+
+    import numpy as np
+    import onnx
+    from hpatk.core.errors import RegistryError
+    from hpatk.export.runtime import OnnxClassifier
+
+    model = onnx.load(str(exported_model[1]))
+    for p in model.metadata_props:
+        if p.key == "hpatk.enhance":
+            p.value = json.dumps({"name": "g3"})
+    path = tmp_path / "g3.onnx"
+    onnx.save(model, str(path))
+    clf = OnnxClassifier(path)
+    with pytest.raises(RegistryError, match=f"model '{path}' .*unknown enhancer 'g3'"):
+        clf.preprocess(np.zeros((len(clf.stains), 40, 40), np.uint8))

@@ -287,45 +287,92 @@ class _Fold:
 
 def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
                 resume: bool) -> FoldResult:
+    """One fold, as named steps: synthetic images, datasets, model, optimiser, loaders,
+    the resumed state, the epochs, then thresholds and report (:func:`_finish`)."""
     from hpatk.core.synthetic import resolve_aug
     from hpatk.core.train_data import fold_datasets
 
     st = _Fold(cfg, plan, fold, run_dir)
-    device = st.device
     choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
     syn_rows = None
     if choice.synth is not None:  # before seeding: fitting generators draws random numbers
         syn_rows = _synthetic_rows(cfg, plan, fold, run_dir, choice)
     seed_everything(cfg.seed)
-    train_ds, val_ds, n_syn = fold_datasets(plan, fold, synthetic_rows=syn_rows)
-    st.n_synthetic = n_syn
+    train_ds, val_ds, st.n_synthetic = fold_datasets(plan, fold, synthetic_rows=syn_rows)
     last = load_checkpoint(run_dir / "last.pt") if resume else None
-    in_chans = len(plan.stains)
-    model, st.spec = build_model(cfg, len(st.classes), in_chans,
+    model = _model(st, train_ds, last)
+    net = ddp.wrap_model(model, st.device, sync_bn=cfg.sync_bn)  # model itself in one process
+    loss_fn = build_loss(cfg).to(st.device)
+    prep = BatchPrep(st.normalize["mean"], st.normalize["std"], stain_index=plan.stain_index,
+                     device=st.device, augment=build_augment(cfg),
+                     channels_last=cfg.channels_last and st.device.type == "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay = cfg.lr_decay
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.exp(-decay * e))
+    workers = _workers(cfg, st.device)
+    train_sampler, train_loader, val_loader = _loaders(st, train_ds, val_ds, workers)
+    rows, best, start = _restore(st, last, model, optimizer, scheduler)
+    if start == 0 and ddp.is_main():
+        world = ddp.current().world_size
+        print(f"fold {fold}: {len(train_ds)} training images"
+              f"{f' ({st.n_synthetic} synthetic)' if st.n_synthetic else ''}, "
+              f"{len(val_ds)} validation, {len(st.classes)} classes, {cfg.backbone} on "
+              f"{st.device}{f' x {world} processes' if world > 1 else ''}", file=sys.stderr)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.monotonic()
+        bs = cfg.batch_size_at(epoch)
+        train_sampler.set_epoch(epoch, bs)
+        lr = optimizer.param_groups[0]["lr"]
+        desc = f"fold {fold}: epoch {epoch + 1}/{cfg.epochs}"
+        try:
+            train_loss = train_epoch(net, train_loader, prep, loss_fn, optimizer,
+                                     scaler=st.scaler, amp_dtype=st.amp_dtype, desc=desc)
+        except TrainingDiverged as exc:
+            kept = (f"the last good checkpoint is '{run_dir / 'last.pt'}' (epoch {epoch})"
+                    if rows else "no checkpoint was written")
+            raise TrainingDiverged(f"{desc}: {exc}; run stopped, {kept}") from None
+        scheduler.step()
+        ddp.sync_buffers(model)  # rank 0's BatchNorm statistics: the checkpoint's
+        row, m = _validate(st, model, val_loader, prep, loss_fn, desc)
+        row = {"epoch": epoch + 1, "lr": float(lr), "batch_size": bs,
+               "train_loss": train_loss, **row, "time": time.monotonic() - t0}
+        rows.append(row)
+        _save_epoch(st, model, optimizer, scheduler, row, rows, best)
+        if ddp.is_main():
+            print(f"{desc}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
+                  f"{describe_macro_f1(m)}, micro F1 {row['val_micro_f1']:.4f} "
+                  f"acc {row['val_accuracy']:.4f} ({row['time']:.0f}s)", file=sys.stderr)
+    del train_loader, val_loader
+    return _finish(st, rows, best, val_ds, prep, workers)
+
+
+def _model(st: _Fold, train_ds: Any, last: dict[str, Any] | None) -> nn.Module:
+    """The backbone on the device, and the normalisation: the checkpoint's when resuming,
+    else the real training images' channel statistics."""
+    cfg, plan = st.cfg, st.plan
+    model, st.spec = build_model(cfg, len(st.classes), len(plan.stains),
                                  pretrained=None if last else cfg.pretrained)
     if last is not None:
         st.normalize = last["normalize"]
     else:
-        real = train_ds.datasets[0] if n_syn else train_ds
+        real = train_ds.datasets[0] if st.n_synthetic else train_ds
         mean, std = channel_stats(real, stain_index=plan.stain_index)
         st.normalize = {"mean": mean, "std": std}
-    model.to(device)
-    if cfg.channels_last and device.type == "cuda":
+    model.to(st.device)
+    if cfg.channels_last and st.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    net = ddp.wrap_model(model, device, sync_bn=cfg.sync_bn)  # model itself in one process
+    return model
+
+
+def _loaders(st: _Fold, train_ds: Any, val_ds: Any, workers: int) -> tuple[Any, Any, Any]:
+    """(training sampler, training loader, validation loader): whole batches, sharded
+    over the processes under DDP."""
+    cfg = st.cfg
     rank, world = ddp.current().rank, ddp.current().world_size
-    loss_fn = build_loss(cfg).to(device)
-    prep = BatchPrep(st.normalize["mean"], st.normalize["std"], stain_index=plan.stain_index,
-                     device=device, channels_last=cfg.channels_last and device.type == "cuda",
-                     augment=build_augment(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    decay = cfg.lr_decay
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.exp(-decay * e))
-    workers = _workers(cfg, device)
-    pin = device.type == "cuda"
+    pin = st.device.type == "cuda"
     if world > 1 and len(train_ds) < 2 * world:
-        raise HpatkError(f"fold {fold}: {len(train_ds)} training images are too few for "
+        raise HpatkError(f"fold {st.fold}: {len(train_ds)} training images are too few for "
                          f"{world} processes (each needs 2 per step)")
     train_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size_at(0), seed=cfg.seed,
                                       rank=rank, world_size=world)
@@ -334,7 +381,15 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     val_sampler = EpochBatchSampler(len(val_ds), max(cfg.max_batch_size, cfg.batch_size),
                                     shuffle=False, rank=rank, world_size=world)
     val_loader = make_loader(val_ds, val_sampler, workers=workers, pin_memory=pin, seed=cfg.seed)
+    return train_sampler, train_loader, val_loader
 
+
+def _restore(st: _Fold, last: dict[str, Any] | None, model: nn.Module, optimizer: Any,
+             scheduler: Any) -> tuple[list[dict[str, float]], dict[str, dict[str, Any]], int]:
+    """(metric rows, best checkpoints' metrics, first epoch): from ``last.pt`` when
+    resuming (weights, optimiser, scheduler, scaler and RNG state too), else empty."""
+    cfg = st.cfg
+    rank, world = ddp.current().rank, ddp.current().world_size
     best: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, float]] = []
     start = 0
@@ -355,66 +410,50 @@ def _train_fold(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path, *,
     elif world > 1:
         seed_everything(ddp.rank_seed(cfg.seed))  # augmentation draws of its own per rank
     if ddp.is_main():
-        write_metrics(run_dir / "metrics.csv", rows)  # drops rows of an unfinished epoch
+        write_metrics(st.run_dir / "metrics.csv", rows)  # drops rows of an unfinished epoch
+    return rows, best, start
 
-    fold_txt = f"fold {fold}: "
-    if start == 0 and ddp.is_main():
-        print(f"{fold_txt}{len(train_ds)} training images"
-              f"{f' ({n_syn} synthetic)' if n_syn else ''}, {len(val_ds)} validation, "
-              f"{len(st.classes)} classes, {cfg.backbone} on {device}"
-              f"{f' x {world} processes' if world > 1 else ''}", file=sys.stderr)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.monotonic()
-        bs = cfg.batch_size_at(epoch)
-        train_sampler.set_epoch(epoch, bs)
-        lr = optimizer.param_groups[0]["lr"]
-        desc = f"{fold_txt}epoch {epoch + 1}/{cfg.epochs}"
-        try:
-            train_loss = train_epoch(net, train_loader, prep, loss_fn, optimizer,
-                                     scaler=st.scaler, amp_dtype=st.amp_dtype, desc=desc)
-        except TrainingDiverged as exc:
-            kept = (f"the last good checkpoint is '{run_dir / 'last.pt'}' (epoch {epoch})"
-                    if rows else "no checkpoint was written")
-            raise TrainingDiverged(f"{desc}: {exc}; run stopped, {kept}") from None
-        scheduler.step()
-        ddp.sync_buffers(model)  # rank 0's BatchNorm statistics: the checkpoint's
-        res = infer(model, val_loader, prep, loss_fn=loss_fn, amp_dtype=st.amp_dtype,
-                    gather=True)
-        if res.loss is None or not math.isfinite(res.loss):
-            raise _diverged(f"{desc}: validation loss is {res.loss}; run stopped, "
-                            f"the last good checkpoint is kept")
-        m = classification_metrics(res.targets, res.probs)
-        row = {"epoch": epoch + 1, "lr": float(lr), "batch_size": bs,
-               "train_loss": train_loss, "val_loss": float(res.loss),
-               "val_macro_f1": m["macro_f1"], "val_micro_f1": m["micro_f1"],
-               "val_accuracy": m["accuracy"], "val_paper_macro_f1": m["paper_macro_f1"],
-               "val_macro_f1_all": m["macro_f1_all"],
-               "val_classes_present": m["classes_present"], "time": time.monotonic() - t0}
-        rows.append(row)
-        metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
-        ckpt = None
-        rngs = ddp.all_objects(rng_state())  # every rank's, for an exact resume
-        for name, (key, larger) in BEST.items():
-            prev = best.get(name, {}).get(key)
-            if prev is None or (row[key] > prev if larger else row[key] < prev):
-                best[name] = {"epoch": epoch + 1, **metrics}
-                if ddp.is_main():
-                    ckpt = ckpt or st.checkpoint(model, epoch + 1, metrics)
-                    save_checkpoint(ckpt, run_dir / f"{name}.pt")
-        if not ddp.is_main():
-            continue
-        full = st.checkpoint(model, epoch + 1, metrics)
-        full.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=st.scaler.state_dict() if st.scaler is not None else None,
-                    rng=rngs[0], batch_size=bs, best=best, history=rows,
-                    **({"rng_ranks": rngs} if world > 1 else {}))
-        save_checkpoint(full, run_dir / "last.pt")
-        write_metrics(run_dir / "metrics.csv", rows)
-        print(f"{desc}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
-              f"{describe_macro_f1(m)}, micro F1 {row['val_micro_f1']:.4f} "
-              f"acc {row['val_accuracy']:.4f} ({row['time']:.0f}s)", file=sys.stderr)
-    del train_loader, val_loader
-    return _finish(st, rows, best, val_ds, prep, workers)
+
+def _validate(st: _Fold, model: nn.Module, val_loader: Any, prep: BatchPrep,
+              loss_fn: nn.Module, desc: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """The epoch's validation columns of ``metrics.csv`` and the metrics behind them."""
+    res = infer(model, val_loader, prep, loss_fn=loss_fn, amp_dtype=st.amp_dtype,
+                gather=True)
+    if res.loss is None or not math.isfinite(res.loss):
+        raise _diverged(f"{desc}: validation loss is {res.loss}; run stopped, "
+                        f"the last good checkpoint is kept")
+    m = classification_metrics(res.targets, res.probs)
+    return {"val_loss": float(res.loss), "val_macro_f1": m["macro_f1"],
+            "val_micro_f1": m["micro_f1"], "val_accuracy": m["accuracy"],
+            "val_paper_macro_f1": m["paper_macro_f1"], "val_macro_f1_all": m["macro_f1_all"],
+            "val_classes_present": m["classes_present"]}, m
+
+
+def _save_epoch(st: _Fold, model: nn.Module, optimizer: Any, scheduler: Any,
+                row: dict[str, float], rows: list[dict[str, float]],
+                best: dict[str, dict[str, Any]]) -> None:
+    """Whichever ``best_*.pt`` improved, ``last.pt`` (everything a resume needs, every
+    rank's RNG state) and ``metrics.csv``; rank 0 writes."""
+    epoch, bs = int(row["epoch"]), int(row["batch_size"])
+    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
+    ckpt = None
+    rngs = ddp.all_objects(rng_state())  # every rank's, for an exact resume
+    for name, (key, larger) in BEST.items():
+        prev = best.get(name, {}).get(key)
+        if prev is None or (row[key] > prev if larger else row[key] < prev):
+            best[name] = {"epoch": epoch, **metrics}
+            if ddp.is_main():
+                ckpt = ckpt or st.checkpoint(model, epoch, metrics)
+                save_checkpoint(ckpt, st.run_dir / f"{name}.pt")
+    if not ddp.is_main():
+        return
+    full = st.checkpoint(model, epoch, metrics)
+    full.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=st.scaler.state_dict() if st.scaler is not None else None,
+                rng=rngs[0], batch_size=bs, best=best, history=rows,
+                **({"rng_ranks": rngs} if ddp.current().world_size > 1 else {}))
+    save_checkpoint(full, st.run_dir / "last.pt")
+    write_metrics(st.run_dir / "metrics.csv", rows)
 
 
 def _synthetic_rows(cfg: TrainConfig, plan: Any, fold: int, run_dir: Path,

@@ -83,6 +83,7 @@ def test_train_writes_a_folder_per_class(trained, synth_cache):
         assert len(list(csv.DictReader(f))) == 4
 
 
+@pytest.mark.slow
 def test_top_picks_the_most_populous_classes(synth_cache, tmp_path):
     counts = cache_labels(synth_cache).sum(axis=0)
     want = sorted(np.argsort(-counts, kind="stable")[:2].tolist())
@@ -216,6 +217,7 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     assert r.exit_code == 2 and "exactly one" in r.output
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_resumed_or_restarted_never_silently_mixed(synth_cache, tmp_path):
     args = ["gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
             "--size", "16", "--param", "width=1", "--batch-size", "4",

@@ -233,6 +233,7 @@ def test_samples_of_other_folds_are_refused_by_content(synth_cache, tmp_path):
     assert counts[0] == 4 and sum(counts.values()) == 4
 
 
+@pytest.mark.slow
 def test_cdcgan_one_conditional_generator_with_real_label_cooccurrence(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
     r = invoke(*train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN))
@@ -297,6 +298,7 @@ def test_a_synthesizer_that_raises_is_one_line(cache32, tmp_path, plugin):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_cdcgan_class_without_training_images_gets_none(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
     args = train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN)

@@ -65,6 +65,7 @@ class HpatkGroup(click.Group):
         args = getattr(ctx, "_protected_args", None)
         name = (args if args is not None else ctx.protected_args or [""])[:1]
         command = name[0] if name else ""
+        _watch_ctrl_c()
         try:
             if command and command != "plugins":
                 _warn_broken_plugins()
@@ -76,11 +77,36 @@ class HpatkGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
+            global _interrupted
+            _interrupted = True
             raise click.Abort() from None  # "Aborted!", exit 1, no traceback
         except Exception as exc:  # a bug or an unexpected failure: one line, details on demand
+            if _interrupted:  # Ctrl-C caught inside a library (e.g. amid an import)
+                raise click.Abort() from None
             if debug_enabled():
                 raise
             raise click.ClickException(unexpected_error_line(exc, command)) from exc
+
+
+_interrupted = False
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _watch_ctrl_c() -> None:
+    """Remember a Ctrl-C even when a library swallows its KeyboardInterrupt (an import
+    interrupted half-way fails later with another error): the command still says
+    "Aborted!". Only Python's default handler is replaced, in the main thread."""
+    import signal
+    import threading
+
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, _on_ctrl_c)
 
 
 def debug_enabled() -> bool:
@@ -159,8 +185,18 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    cli.main(args=argv, prog_name="hpatk")
+    """Console-script entry point. After a Ctrl-C (the command cleaned up and said
+    "Aborted!"), the process ends at once: exit hooks that wait for interrupted worker
+    pools' threads could otherwise hang it."""
+    _watch_ctrl_c()
+    try:
+        cli.main(args=argv, prog_name="hpatk")
+    except SystemExit as exc:
+        if _interrupted:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

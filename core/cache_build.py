@@ -158,7 +158,7 @@ def _preprocessed(refs: Sequence[Any], enhance: str, params: dict[str, Any],
         return
     from concurrent.futures.process import BrokenProcessPool
 
-    from hpatk.core.pool import process_pool
+    from hpatk.core.pool import process_pool, submit
     from hpatk.core.registry import plugin_dirs
 
     # a bounded window of tasks in flight keeps memory flat however slow the writer is;
@@ -170,7 +170,7 @@ def _preprocessed(refs: Sequence[Any], enhance: str, params: dict[str, Any],
         pending: list[Any] = []
         try:
             for task in tasks:
-                pending.append(pool.submit(preprocess_refs, task))
+                pending.append(submit(pool, preprocess_refs, task))
                 if len(pending) >= window:
                     yield pending.pop(0).result()
             while pending:

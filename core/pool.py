@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -41,9 +42,22 @@ def process_pool(workers: int, initializer: Callable[..., Any] | None = None,
         yield pool
     except BaseException:
         terminate_pool(pool)
+        pool.shutdown(wait=False)  # the workers are gone: nothing to wait for
         raise
+    pool.shutdown(wait=True)
+
+
+def submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+    """``pool.submit(fn, *args)`` with SIGINT blocked meanwhile: a worker the pool starts
+    now (spawned on demand) inherits the blocked signal, so a Ctrl-C cannot kill it
+    half-started (which can hang the pool); the Ctrl-C is delivered right after."""
+    if threading.current_thread() is not threading.main_thread():
+        return pool.submit(fn, *args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(fn, *args)
     finally:
-        pool.shutdown(wait=True)  # immediate once the workers are gone
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def terminate_pool(pool: ProcessPoolExecutor, timeout: float = 3.0) -> None:
@@ -52,6 +66,10 @@ def terminate_pool(pool: ProcessPoolExecutor, timeout: float = 3.0) -> None:
     Futures are left alone: the pool marks them broken itself (cancelling them first
     makes its manager thread fail on ``set_exception``)."""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:  # its feeder thread may block on a pipe no worker reads any more:
+        with contextlib.suppress(Exception):  # do not make the interpreter's exit wait for it
+            queue.cancel_join_thread()
     for p in procs:
         with contextlib.suppress(Exception):
             p.terminate()

@@ -227,13 +227,13 @@ def _run_jobs(jobs: list, workers: int) -> None:
         for job in progress(jobs, desc="synth", unit="img"):
             _render_job(job)
         return
-    from hpatk.core.pool import process_pool
+    from hpatk.core.pool import process_pool, submit
 
     chunk = max(1, min(16, len(jobs) // (workers * 4)))
     with process_pool(workers, _worker_init) as pool:  # stops at once on Ctrl-C
         # submit, not pool.map: map cancels its futures on Ctrl-C, and a cancelled future
         # makes the pool's manager thread fail (InvalidStateError) when it stops
-        futures = [pool.submit(_render_jobs, jobs[i:i + chunk])
+        futures = [submit(pool, _render_jobs, jobs[i:i + chunk])
                    for i in range(0, len(jobs), chunk)]
         for _ in progress(_images_done(futures), desc="synth", total=len(jobs), unit="img"):
             pass

@@ -278,9 +278,10 @@ def slow_data(tmp_path_factory):
                           workers=2)
 
 
-def _interrupt(args: list[str], delay: float, cwd: Path) -> tuple[int, str, float]:
-    """Run ``hpatk ARGS`` in its own process group, SIGINT the group after ``delay`` s;
-    (exit code, output, seconds from the signal to the exit)."""
+def _interrupt(args: list[object], when: float | str, cwd: Path) -> tuple[int, str, float]:
+    """Run ``hpatk ARGS`` in its own process group and SIGINT the whole group (as Ctrl-C
+    in a terminal does) ``when`` seconds after the start, or once a line of its output
+    contains ``when``; (exit code, output, seconds from the signal to the exit)."""
     import os
     import signal
     import subprocess
@@ -290,7 +291,17 @@ def _interrupt(args: list[str], delay: float, cwd: Path) -> tuple[int, str, floa
     p = subprocess.Popen([sys.executable, "-m", "hpatk.cli.main", *map(str, args)], cwd=cwd,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
-    time.sleep(delay)
+    seen = []
+    if isinstance(when, str):
+        assert p.stdout is not None
+        for line in p.stdout:  # progress lines: not a terminal, so one per step
+            seen.append(line)
+            if when in line:
+                break
+        else:
+            pytest.fail(f"never printed {when!r} before ending:\n{''.join(seen)}")
+    else:
+        time.sleep(when)
     sent = time.monotonic()
     os.killpg(p.pid, signal.SIGINT)
     try:
@@ -299,19 +310,22 @@ def _interrupt(args: list[str], delay: float, cwd: Path) -> tuple[int, str, floa
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
         pytest.fail(f"still running 30 s after Ctrl-C:\n{out}")
-    return p.returncode, out, time.monotonic() - sent
+    return p.returncode, "".join(seen) + out, time.monotonic() - sent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, delay", [
-    ("cache build", 1.0), ("cache build", 4.0), ("cache build", 8.0), ("data synth", 5.0),
+@pytest.mark.parametrize("command, when", [
+    ("cache build", "building"), ("cache build", "10%"),
+    ("data synth", "synth:"), ("train", "epoch 1/50"),
 ])
-def test_ctrl_c_ends_within_seconds_without_traceback(slow_data, tmp_path, command, delay):
+def test_ctrl_c_ends_within_seconds_without_traceback(slow_data, tmp_path, command, when):
     args = {"cache build": ["cache", "build", slow_data, "--out", tmp_path / "c.h5",
-                            "--size", 64, "--workers", 2],
+                            "--size", 384, "--workers", 2],  # upscaled: seconds of work
             "data synth": ["data", "synth", tmp_path / "d", "--n", 400, "--size", 128,
-                           "--workers", 2]}[command]
-    code, out, took = _interrupt(args, delay, tmp_path)
+                           "--workers", 2],
+            "train": ["train", "--data", slow_data, "--cache-dir", tmp_path, "--size", 32,
+                      "--backbone", TINY, "--epochs", 50, "--out", tmp_path / "run"]}[command]
+    code, out, took = _interrupt(args, when, tmp_path)
     assert code == 1 and "Aborted!" in out and "Traceback" not in out, out
     assert took < 15, f"{took:.1f} s from Ctrl-C to exit"
     assert _temps(tmp_path) == [] and not (tmp_path / "c.h5").exists()

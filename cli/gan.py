@@ -100,8 +100,8 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, synth_
     from hpatk.core.classes import CLASS_NAMES, parse_class, parse_classes, top_classes
     from hpatk.core.errors import HpatkError
     from hpatk.core.folds import assign_folds
+    from hpatk.core.generator import build_synthesizer
     from hpatk.core.registry import get_registry
-    from hpatk.core.synthetic import build_synthesizer
 
     options = dict(params or {})
     for key, value in (("image_size", size), ("steps", steps), ("batch_size", batch_size),
@@ -179,13 +179,8 @@ def _fit_all(plan: list[Any], name: str, options: dict[str, Any], cache: Path,
     torchrun: one generator per class, round robin)."""
     import numpy as np
     from hpatk.core.cache import ids_digest
-    from hpatk.core.synthetic import (
-        build_synthesizer,
-        fit_synthesizer,
-        generator_key,
-        read_images,
-        save_generator,
-    )
+    from hpatk.core.generator import build_synthesizer, read_images, save_generator
+    from hpatk.core.synthetic import fit_synthesizer, generator_key
 
     probe = build_synthesizer(name, options)
     for targets, rows, run in plan:
@@ -248,7 +243,7 @@ def sample(generator: str, n: int, into: str | None, out: str | None,
         raise click.UsageError("give exactly one of --into CACHE or --out DIR")
     from hpatk.core.classes import parse_class
     from hpatk.core.folds import fold_label
-    from hpatk.core.synthetic import load_generator, sample_into_cache, write_samples_dir
+    from hpatk.core.generator import load_generator, sample_into_cache, write_samples_dir
 
     gen = load_generator(generator, device=device)
     which = [parse_class(c) for c in classes] or gen.classes

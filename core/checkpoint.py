@@ -12,7 +12,7 @@ A classifier checkpoint::
      "normalize": {"mean": [float], "std": [float]}, "thresholds": [float] | None,
      "epoch": int, "metrics": {str: float}, ... training state for resume}
 
-A generator checkpoint (:mod:`hpatk.core.synthetic`: any registered synthesizer)::
+A generator checkpoint (:mod:`hpatk.core.generator`: any registered synthesizer)::
 
     {"kind": "generator", "format": 2, "hpatk_version": str,
      "synthesizer": str (registered name), "params": {factory keyword arguments},

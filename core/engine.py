@@ -162,7 +162,8 @@ def prepare_run(cfg: TrainConfig, *, resume: bool = False,
     reg = get_registry()  # unknown names fail before anything is built
     reg.backbones.get(cfg.backbone)
     reg.losses.get(cfg.loss)
-    from hpatk.core.synthetic import build_synthesizer, resolve_aug
+    from hpatk.core.generator import build_synthesizer
+    from hpatk.core.synthetic import resolve_aug
 
     choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
     loss_fn = build_loss(cfg)

@@ -2,7 +2,7 @@
 generators of a folder, a checkpoint or a training run, against the real images of the
 cache they learnt from.
 
-Generators are rebuilt through the registry (:func:`hpatk.core.synthetic.load_generator`):
+Generators are rebuilt through the registry (:func:`hpatk.core.generator.load_generator`):
 any registered synthesizer works. The real images are split by each generator's own record
 of the Ids it learnt from: those are the training images (memorisation, GAN-test's
 classifier, the feature extractor), the cache's other images of the same classes are the
@@ -74,7 +74,7 @@ def evaluate_generators(gen_paths: list[Path], cache: str | os.PathLike[str],
     """
     from hpatk.core.cache import cache_ids, cache_labels, ensure_cache, read_cache_meta
     from hpatk.core.classes import CLASS_NAMES
-    from hpatk.core.synthetic import check_against_cache, load_generator, read_images
+    from hpatk.core.generator import check_against_cache, load_generator, read_images
 
     out = Path(out)
     cache = Path(ensure_cache(cache))
@@ -131,7 +131,7 @@ def evaluate_generators(gen_paths: list[Path], cache: str | os.PathLike[str],
 def _sample(members: list[Any], classes: list[int], n: int, *, seed: int,
             size: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images per class from the member that makes it (labels over ``classes``)."""
-    from hpatk.core.synthetic import sample_class
+    from hpatk.core.generator import sample_class
 
     xs, ys = [], []
     for c in classes:

@@ -580,7 +580,7 @@ def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
 
     The synthesizer is rebuilt through the registry from the checkpoint's name and
     parameters (export never imports a plugin)."""
-    from hpatk.core.synthetic import GENERATOR_FORMAT, build_synthesizer
+    from hpatk.core.generator import GENERATOR_FORMAT, build_synthesizer
 
     if int(ckpt.get("format", 0)) != GENERATOR_FORMAT or "synthesizer" not in ckpt:
         raise HpatkError(f"generator checkpoint has format {ckpt.get('format')}; this hpatk "

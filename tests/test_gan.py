@@ -13,7 +13,7 @@ import torch
 from hpatk.core import get_registry
 from hpatk.core.checkpoint import load_checkpoint
 from hpatk.core.errors import HpatkError
-from hpatk.core.synthetic import resize_uint8
+from hpatk.core.generator import resize_uint8
 from hpatk.plugins.augment_gan.dcgan import DCGAN, Discriminator, Generator, from_uint8, to_uint8
 from hpatk.plugins.augment_gan.trainer import GanTrainConfig, ImageBank, train_gan
 from torch import nn
@@ -98,7 +98,7 @@ def test_paper_architecture_at_width_64_and_512_px():
 
 
 def test_synthesizer_round_trips_through_a_generator_checkpoint(synth_cache, tmp_path):
-    from hpatk.core.synthetic import load_generator, save_generator
+    from hpatk.core.generator import load_generator, save_generator
 
     reg = get_registry()
     synth = reg.synthesizers.create("gan", image_size=16, width=1, steps=3, batch_size=4,

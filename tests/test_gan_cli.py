@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hpatk.cli.main import cli
 from hpatk.core.cache import CacheDataset, cache_ids, cache_labels, read_cache_meta
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
-from hpatk.core.synthetic import load_generator, resize_uint8
+from hpatk.core.generator import load_generator, resize_uint8
 
 TINY = ["--size", "32", "--param", "width=2", "--steps", "4", "--batch-size", "8",
         "--param", "sample_every=2", "--device", "cpu"]
@@ -167,7 +167,7 @@ def test_sample_out_writes_kaggle_layout(trained, tmp_path):
 @pytest.mark.slow
 def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     from hpatk.core.folds import make_folds
-    from hpatk.core.synthetic import save_generator
+    from hpatk.core.generator import save_generator
 
     base = ["gan", "train", "--data", synth_cache, "--out", tmp_path / "x", *TINY]
     r = _invoke(*base, "--class", "Nucleoplasma")

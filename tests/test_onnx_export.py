@@ -442,7 +442,7 @@ def generator_ckpt(path, size: int = 16, width: int = 4, class_index: int = 25,
                    seed: int = 0, name: str = "dcgan") -> tuple[dict, torch.nn.Module]:
     """A generator checkpoint as hpatk writes it (random weights, BatchNorm statistics
     of a trained generator), and its export module."""
-    from hpatk.core.synthetic import save_generator
+    from hpatk.core.generator import save_generator
 
     torch.manual_seed(seed)
     k = 1 if name == "dcgan" else 3

@@ -93,7 +93,7 @@ class DCGANSynthesizer(Synthesizer):
                 raise HpatkError(f"dcgan: the images are {side} px; the DCGAN needs >= 16")
             self.params["image_size"] = 8 * 2 ** int(np.log2(side / 8))
         if images.shape[-1] != self.params["image_size"]:
-            from hpatk.core.synthetic import resize_uint8
+            from hpatk.core.generator import resize_uint8
 
             images = resize_uint8(images, int(self.params["image_size"]))
         self.params["channels"] = int(images.shape[1])

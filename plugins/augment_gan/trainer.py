@@ -37,10 +37,10 @@ import torch
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.device import resolve_device
 from hpatk.core.errors import HpatkError
+from hpatk.core.generator import resize_uint8
 from hpatk.core.io import atomic_open
 from hpatk.core.picture import pyplot, save_figure, save_grid
 from hpatk.core.progress import progress
-from hpatk.core.synthetic import resize_uint8
 from hpatk.core.version import __version__
 from hpatk.plugins.augment_gan.dcgan import DCGAN, from_uint8, to_uint8
 from hpatk.plugins.augment_gan.diffaugment import diff_augment, parse_policy

@@ -288,9 +288,14 @@ def _interrupt(args: list[object], when: float | str, cwd: Path) -> tuple[int, s
     import sys
     import time
 
+    def ctrl_c_as_in_a_terminal() -> None:
+        # a job started in the background by a non-interactive shell (how CI may run us)
+        # inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     p = subprocess.Popen([sys.executable, "-m", "hpatk.cli.main", *map(str, args)], cwd=cwd,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
     seen = []
     if isinstance(when, str):
         assert p.stdout is not None

@@ -103,3 +103,12 @@ def throwaway_plugin():
     finally:
         for name in names:
             reg.pm.unregister(name=name)
+
+
+@pytest.fixture(scope="session")
+def documentation() -> str:
+    """The documentation a user reads: README.md (the guide) followed by every page of
+    the reference site (docs/pages/*.md), as one text to search."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *sorted((root / "docs" / "pages").glob("*.md"))]
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)

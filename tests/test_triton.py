@@ -152,9 +152,10 @@ def test_cli_export_checkpoint_with_triton_repo(tmp_path, model_config_pb2):
     assert _parse(model_config_pb2, (repo / "clf" / "config.pbtxt").read_text()).name == "clf"
 
 
-def test_readme_triton_client_snippet(tmp_path, monkeypatch, capsys):
-    """The README's client, run against a stand-in for Triton that executes the
-    repository's model with ONNX Runtime: it prints the labels `hpatk predict` gives."""
+def test_documented_triton_client_snippet(tmp_path, monkeypatch, capsys, documentation):
+    """The documented client (docs/pages/deploy.md), run against a stand-in for Triton that
+    executes the repository's model with ONNX Runtime: it prints the labels `hpatk predict`
+    gives."""
     import re
     import sys
     import types
@@ -162,8 +163,7 @@ def test_readme_triton_client_snippet(tmp_path, monkeypatch, capsys):
     from hpatk.core.synth import make_synthetic
     from hpatk.export.runtime import OnnxClassifier
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("Triton runs the graph only"):]
+    section = documentation[documentation.index("Triton runs the graph only"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
     src = shared_export(32)[1].path
@@ -206,7 +206,7 @@ def test_readme_triton_client_snippet(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tritonclient", pkg)
     monkeypatch.setitem(sys.modules, "tritonclient.http", http)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/pages/deploy.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
 
     from hpatk.core.data import SampleRef

@@ -153,9 +153,10 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     ``run_dir/synthetic.csv`` (unless ``write`` is False: DDP ranks other than 0).
 
     Under DDP, each rank first runs this with ``share`` (its round-robin share of the
-    generators, ``hpatk.core.distributed.spread``) and ``write=False``; then rank 0 runs
-    it whole, every sample already in the cache, with ``done`` (key -> (source,
-    seconds), what the ranks did) so that ``synthetic.csv`` says what really happened.
+    generators, ``hpatk.core.distributed.spread``) and ``write=False``: it only fits
+    (nothing writes the cache while the ranks read it); then rank 0 runs it whole,
+    sampling into the cache, with ``done`` (key -> (source, seconds), what the ranks did)
+    so that ``synthetic.csv`` says what really happened; the others then read the rows.
     """
     from hpatk.core.cache import read_cache_meta, synthetic_info
 
@@ -195,7 +196,7 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     for targets, rows in (share(groups) if share is not None else groups):
         records += _one_generator(plan, fold, run_dir, choice, store, meta, targets, rows,
                                   per_class_n=per_class_n, seed=seed, progress=progress,
-                                  write=write, done=done)
+                                  write=write, done=done, fit_only=share is not None)
     if share is not None:
         return FoldSynthetic(np.zeros(0, np.int64), records)
     safe, _ = _safe_batches(plan.path, classes, fold_ids)
@@ -215,7 +216,8 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
 def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store: Path,
                    meta: dict[str, Any], targets: list[int], rows: np.ndarray, *,
                    per_class_n: int, seed: int, progress: bool, write: bool = True,
-                   done: dict[str, tuple[str, float]] | None = None) -> list[dict[str, Any]]:
+                   done: dict[str, tuple[str, float]] | None = None,
+                   fit_only: bool = False) -> list[dict[str, Any]]:
     """Fit or reuse the generator of ``targets`` on ``rows``; sample what is missing."""
     from hpatk.core.cache import ids_digest, synthetic_info
 
@@ -261,7 +263,8 @@ def _one_generator(plan: Any, fold: int, run_dir: Path, choice: AugChoice, store
                        fold=fold, key=key, cache_fingerprint=str(meta.get("fingerprint", "")),
                        seed=seed, summary=summary)
     records = []
-    gen = None if source == "reused samples" else load_generator(gen_path)
+    # fit_only (DDP's parallel phase): the cache is not written while other ranks read it
+    gen = None if source == "reused samples" or fit_only else load_generator(gen_path)
     seconds = time.monotonic() - t0
     if done and key in done:  # another rank fitted or sampled it moments ago
         source, seconds = done[key]

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, first_line
 
 BACKENDS = ("auto", "nccl", "gloo")
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer than this stops the run
@@ -112,7 +112,7 @@ def distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
     except (RuntimeError, ValueError) as exc:
         raise HpatkError(f"rank {rank}: cannot join the process group ({backend}, "
                          f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): "
-                         f"{_first_line(exc)}") from exc
+                         f"{first_line(exc)}") from exc
     try:
         _cpu_group = dist.new_group(backend="gloo", timeout=_timeout) if backend != "gloo" \
             else dist.group.WORLD
@@ -121,7 +121,7 @@ def distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
     except RuntimeError as exc:
         if not _lost_peer(exc):
             raise
-        why = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc)).split(". ")[0][:120]
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc)).split(". ")[0][:120]
         raise HpatkError(f"rank {rank}: stopped, another process failed or was lost "
                          f"({why}); its error is above") from exc
     finally:
@@ -328,7 +328,3 @@ def _lost_peer(exc: BaseException) -> bool:
 
     return isinstance(exc, dist.DistError) or any(p in str(exc) for p in _PEER_LOST)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

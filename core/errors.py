@@ -11,3 +11,10 @@ class RegistryError(HpatkError):
 
 class DataError(HpatkError):
     """Bad input data: a file, row, Id, stain or label that cannot be used."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (its first, at most 300 characters), or its
+    type's name when it has no message: what one-line errors quote."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from hpatk.core.base import Synthesizer
 from hpatk.core.classes import CLASS_NAMES, NUM_CLASSES
-from hpatk.core.errors import HpatkError, RegistryError
+from hpatk.core.errors import HpatkError, RegistryError, first_line
 
 GENERATOR_FORMAT = 2
 
@@ -32,7 +32,7 @@ def build_synthesizer(name: str, params: dict[str, Any] | None = None) -> Synthe
     except (HpatkError, RegistryError):
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         raise HpatkError(f"synthesizer '{name}' {dict(params or {})}: "
                          f"{type(exc).__name__}: {first}") from None
     if not isinstance(synth, Synthesizer):
@@ -124,7 +124,7 @@ def load_generator(path: str | os.PathLike[str], *, device: str | None = None
     except HpatkError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         raise HpatkError(f"generator '{path}' does not fit synthesizer "
                          f"'{ckpt['synthesizer']}': {type(exc).__name__}: {first}") from None
     return LoadedGenerator(synth, ckpt, path, file_sha256(path))

@@ -8,16 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, first_line
 from hpatk.core.registry import get_registry
 from hpatk.core.train_config import TrainConfig
 from torch import nn
 
 
-def first_line(exc: BaseException) -> str:
+def typed_line(exc: BaseException) -> str:
     """An exception on one line: its first line, with its type unless hpatk raised it."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
+    line = first_line(exc) if str(exc).strip() else ""
     if isinstance(exc, HpatkError):
         return line
     return f"{type(exc).__name__}: {line}".rstrip(": ")
@@ -43,7 +42,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int,
             raise  # names its option already (--pretrained, --head, ...)
         given = f" {shown_params(cfg.backbone_params)}" if cfg.backbone_params else ""
         raise HpatkError(f"{cfg.where('backbone_params')}{given}: backbone '{cfg.backbone}' "
-                         f"cannot be built with these options: {first_line(exc)}") from exc
+                         f"cannot be built with these options: {typed_line(exc)}") from exc
     spec = {"backbone": reg.backbones.canonical(cfg.backbone), "num_classes": num_classes,
             "in_chans": in_chans, "kwargs": kwargs}
     return model, spec
@@ -55,7 +54,7 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
         return get_registry().losses.create(cfg.loss, **cfg.loss_params)
     except Exception as exc:
         raise HpatkError(f"{cfg.where('loss_params')} {shown_params(cfg.loss_params)}: loss "
-                         f"'{cfg.loss}' refuses them: {first_line(exc)}") from exc
+                         f"'{cfg.loss}' refuses them: {typed_line(exc)}") from exc
 
 
 def build_augment(cfg: TrainConfig) -> nn.Module | None:
@@ -71,7 +70,7 @@ def build_augment(cfg: TrainConfig) -> nn.Module | None:
         aug = get_registry().augmentations.create(choice.batch, **choice.batch_params)
     except Exception as exc:
         raise HpatkError(f"{cfg.where('aug_params')} {shown_params(choice.batch_params)}: "
-                         f"augmentation '{choice.batch}' refuses them: {first_line(exc)}"
+                         f"augmentation '{choice.batch}' refuses them: {typed_line(exc)}"
                          ) from exc
     if not isinstance(aug, nn.Module):
         raise HpatkError(f"--aug {choice.batch}: not a batch augmentation (nn.Module)")
@@ -149,7 +148,7 @@ def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
         except Exception as exc:
             raise HpatkError(f"{cfg.where('aug_params')} {shown_params(cfg.aug_params)}: "
                              f"augmentation '{cfg.aug}' fails on a test batch: "
-                             f"{first_line(exc)}") from exc
+                             f"{typed_line(exc)}") from exc
     model.train()
     try:
         with torch.no_grad():
@@ -164,7 +163,7 @@ def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
         where = (f"{cfg.where('backbone_params')} {shown_params(cfg.backbone_params)}: "
                  if cfg.backbone_params else f"--backbone {cfg.backbone}: ")
         raise HpatkError(f"{where}backbone '{cfg.backbone}' fails on a test batch of "
-                         f"{size} px images: {first_line(err)}") from err
+                         f"{size} px images: {typed_line(err)}") from err
     if tuple(logits.shape) != (2, num_classes):
         raise HpatkError(f"--backbone {cfg.backbone}: gives logits of shape "
                          f"{tuple(logits.shape)} for 2 images, not (2, {num_classes})")
@@ -175,7 +174,7 @@ def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
         float(value)
     except Exception as exc:
         raise HpatkError(f"{cfg.where('loss_params')} {shown_params(cfg.loss_params)}: loss "
-                         f"'{cfg.loss}' fails on a test batch: {first_line(exc)}") from exc
+                         f"'{cfg.loss}' fails on a test batch: {typed_line(exc)}") from exc
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:

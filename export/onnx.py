@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, first_line
 from hpatk.core.io import file_sha256, is_write_error, make_dirs, write_error
 from hpatk.core.version import __version__
 from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
@@ -310,7 +310,7 @@ def _trace(spec: ExportSpec, exporter: str, opset: int) -> onnx.ModelProto:
         raise
     except Exception as exc:
         raise HpatkError(f"the {exporter} exporter failed at opset {opset}: "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -344,7 +344,7 @@ def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise HpatkError(f"onnx.checker rejected the exported model: {_first_line(exc)}") from exc
+        raise HpatkError(f"onnx.checker rejected the exported model: {first_line(exc)}") from exc
 
 
 def _move_into_place(staged: list[Path], folder: Path) -> list[Path]:
@@ -445,10 +445,6 @@ def _varies(y: np.ndarray, saturating: bool = False) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
 
 # -- classifier -------------------------------------------------------------------------
 
@@ -463,7 +459,7 @@ def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
         raise
     except Exception as exc:
         raise HpatkError(f"cannot rebuild the classifier from the checkpoint: "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],
@@ -596,7 +592,7 @@ def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
         raise
     except Exception as exc:
         raise HpatkError(f"cannot rebuild synthesizer '{name}' from the checkpoint: "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
     size = synth.image_size
     if options.size not in (None, size):
         raise HpatkError(f"--size: a generator's size is fixed by its checkpoint ({size} px)")

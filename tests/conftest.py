@@ -82,6 +82,18 @@ def synth_cache(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return build_cache(synth_data, out, enhance="clahe", size=64, workers=1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one torch thread ran 4-10x faster than two.
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def throwaway_plugin():
     """Register a plugin object for one test; unregister it in ``finally``.

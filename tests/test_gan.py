@@ -22,13 +22,7 @@ STAINS = ["green", "red", "blue", "yellow"]
 FACTORY_KEYS = {"latent_dim", "channels", "image_size", "width"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models on a shared 2-core machine: one thread ran 4-10x faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _class_images(cache, class_index=0):

@@ -23,13 +23,7 @@ MINI = ["--size", "16", "--param", "width=1", "--steps", "1", "--batch-size", "4
         "--param", "sample_every=0", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models on a shared 2-core machine: one thread ran 4-10x faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _invoke(*args):

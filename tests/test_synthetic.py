@@ -28,12 +28,7 @@ TINY_GAN = ["--aug-param", "image_size=16", "--aug-param", "width=1", "--aug-par
 MARK = 255  # validation images get a bright 4x4 corner in every stain
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args: object):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from hpatk.cli.demo_report import DemoFacts, StepRecord, capture, write_demo_report
@@ -43,23 +44,34 @@ def _tidy(out: Path) -> None:
             lock.unlink(missing_ok=True)
 
 
-def _score_submission(submission: Path, answers: Path, classes: list[int]) -> dict[str, float]:
-    """Macro/micro F1 of a Kaggle submission against the synthetic test answers,
-    over ``classes``."""
+def _score_submission(submission: Path, data: Path, classes: list[int]) -> dict[str, Any]:
+    """Macro/micro F1 of a Kaggle submission against the synthetic test answers
+    (``data/test_labels.csv``) over ``classes``, beside the trivial predictors built from
+    ``data/train.csv`` (:func:`hpatk.core.metrics.trivial_predictions`) on the same images."""
     import numpy as np
-    from hpatk.core.metrics import macro_f1, micro_f1
+    from hpatk.core.metrics import macro_f1, micro_f1, trivial_predictions
 
     def read(path: Path, column: str) -> dict[str, set[int]]:
         with open(path, newline="") as f:
             return {row["Id"]: {int(t) for t in row[column].split()} for row in csv.DictReader(f)}
 
-    predicted, truth = read(submission, "Predicted"), read(answers, "Target")
+    def onehot(rows: list[set[int]]) -> np.ndarray:
+        return np.array([[c in r for c in classes] for r in rows], dtype=np.uint8).reshape(
+            len(rows), len(classes))
+
+    predicted, truth = read(submission, "Predicted"), read(data / "test_labels.csv", "Target")
     ids = sorted(predicted)
-    y_true = np.array([[c in truth[i] for c in classes] for i in ids], dtype=np.uint8)
-    y_pred = np.array([[c in predicted[i] for c in classes] for i in ids], dtype=np.uint8)
+    y_true, y_pred = onehot([truth[i] for i in ids]), onehot([predicted[i] for i in ids])
     keep = y_true.any(axis=1)  # images with at least one of the model's classes
-    return {"images": int(keep.sum()), "macro_f1": float(macro_f1(y_true[keep], y_pred[keep])),
-            "micro_f1": float(micro_f1(y_true[keep], y_pred[keep]))}
+    y_true, y_pred = y_true[keep], y_pred[keep]
+    train = onehot(list(read(data / "train.csv", "Target").values()))
+
+    def f1s(pred: np.ndarray) -> dict[str, float]:
+        return {"macro_f1": float(macro_f1(y_true, pred)),
+                "micro_f1": float(micro_f1(y_true, pred))}
+
+    baselines = {name: f1s(p) for name, p in trivial_predictions(train, len(y_true)).items()}
+    return {"images": int(keep.sum()), **f1s(y_pred), "baselines": baselines}
 
 
 def demo_size(backbone: str, size: int | None, default: int = 64) -> int:
@@ -149,7 +161,7 @@ def demo(out: Path, n: int, size: int | None, epochs: int, backbone: str, gan: b
         _run(i, len(records), record)
     from hpatk.core.classes import TOP5
 
-    score = _score_submission(submission, data / "test_labels.csv", list(TOP5))
+    score = _score_submission(submission, data, list(TOP5))
     total = time.monotonic() - start
     _tidy(out)
     facts = DemoFacts(out, records, score, total, settings={
@@ -160,4 +172,6 @@ def demo(out: Path, n: int, size: int | None, epochs: int, backbone: str, gan: b
                 f"the synthetic answers ({score['images']} images with a top-5 class): "
                 f"macro F1 {score['macro_f1']:.3f}, micro F1 {score['micro_f1']:.3f}.",
                 bold=True)
+    click.echo("Trivial predictors on the same images: " + "; ".join(
+        f"{name}: macro F1 {m['macro_f1']:.3f}" for name, m in score["baselines"].items()) + ".")
     click.echo(f"The story on one page: {md} (and {page}, pictures embedded).")

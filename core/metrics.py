@@ -158,6 +158,24 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0)
     return float(_sk_f1(y_true, y_pred, "micro", None, zero_division))
 
 
+def trivial_predictions(train_targets: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The predictors a classifier must beat, for ``n`` images, knowing only the training
+    labels: every class on every image (what maximises F1 with no information when a
+    class is rare) and the most frequent training class on every image.
+
+    Shape:
+        (M, K) training targets -> {name: (n, K) 0/1}.
+    """
+    t = np.asarray(train_targets)
+    if t.ndim != 2 or t.shape[1] == 0:
+        raise ValueError(f"train_targets must be (M, K) with K >= 1, not {t.shape}")
+    top = int(np.argmax(t.sum(axis=0)))
+    most = np.zeros((n, t.shape[1]), np.uint8)
+    most[:, top] = 1
+    return {"every class on every image": np.ones((n, t.shape[1]), np.uint8),
+            f"the most frequent training class (column {top}) on every image": most}
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Element-wise accuracy over all N * K decisions (Keras' ``binary_accuracy``, the
     "accuracy" the paper reports). Dominated by the many true negatives.

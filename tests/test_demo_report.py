@@ -44,7 +44,8 @@ def demo_folder(tmp_path, synth_cache_with_synthetic):
         StepRecord(["predict", "m.onnx", "d", "--out", "s.csv"], 2.0,
                    "ONNX Runtime providers: CPUExecutionProvider\npredicted 25 images\n"),
     ]
-    score = {"images": 25, "macro_f1": 0.61, "micro_f1": 0.7}
+    score = {"images": 25, "macro_f1": 0.61, "micro_f1": 0.7, "baselines": {
+        "every class on every image": {"macro_f1": 0.35, "micro_f1": 0.38}}}
     return DemoFacts(out, steps, score, 45.5, settings={"backbone": "resnet18"})
 
 
@@ -69,7 +70,9 @@ def test_report_tells_the_story_in_order(demo_folder):
     assert "and 3 synthetic images: 3 of Nucleoplasm (0)." in md
     assert "Training used: 80 training images (12 synthetic), 20 validation" in md
     assert "ONNX Runtime ran with: CPUExecutionProvider." in md
-    assert "| 25 | 0.610 | 0.700 |" in md
+    assert "over the 25 test images" in md
+    assert "| the exported model | 0.610 | 0.700 |" in md
+    assert "| trivial: every class on every image | 0.350 | 0.380 |" in md
     assert "| 2 | `hpatk train --data c.h5 --aug gan` | 40.0 |" in md
     assert "| clahe | 16 | 1294.4 ± 249.9 | 17.09 ± 0.90 | 0.501 ± 0.023 |" in md
     # each class's real-vs-synthetic grid that hpatk train --aug gan saved
@@ -123,3 +126,30 @@ def test_capture_keeps_lines_not_bar_updates(capsys):
         print("to stderr", file=sys.stderr)
     assert record.output == "one line\nto stderr\n"
     assert "one line" in capsys.readouterr().out  # still shown
+
+
+def test_demo_scores_the_submission_beside_the_trivial_predictors(tmp_path):
+    """The demo's score against scikit-learn's F1, on a hand-made answer key: images with
+    none of the model's classes are left out, the trivial predictors come from train.csv."""
+    from hpatk.cli.demo import _score_submission
+    from sklearn.metrics import f1_score
+
+    def write(name, column, rows):
+        (tmp_path / name).write_text("Id," + column + "\n" + "".join(
+            f"{i},{t}\n" for i, t in rows))
+
+    write("train.csv", "Target", [("a", "0"), ("b", "0 2"), ("c", "2"), ("d", "0 5")])
+    write("test_labels.csv", "Target", [("t1", "0"), ("t2", "2"), ("t3", "5"), ("t4", "0 2")])
+    write("sub.csv", "Predicted", [("t1", "0"), ("t2", "0"), ("t3", "2"), ("t4", "0 2")])
+    score = _score_submission(tmp_path / "sub.csv", tmp_path, [0, 2])
+    y = np.array([[1, 0], [0, 1], [1, 1]])  # t3 carries neither class 0 nor 2: left out
+    p = np.array([[1, 0], [1, 0], [1, 1]])
+    assert score["images"] == 3
+    assert score["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert score["micro_f1"] == pytest.approx(f1_score(y, p, average="micro"))
+    every, most = score["baselines"].values()
+    assert every["macro_f1"] == pytest.approx(f1_score(y, np.ones_like(y), average="macro"))
+    most_frequent = np.array([[1, 0]] * 3)  # class 0: 3 training images, class 2: 2
+    assert most["macro_f1"] == pytest.approx(
+        f1_score(y, most_frequent, average="macro", zero_division=0))
+    assert list(score["baselines"])[1].startswith("the most frequent training class (column 0)")

@@ -82,6 +82,29 @@ def synth_cache(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return build_cache(synth_data, out, enhance="clahe", size=64, workers=1)
 
 
+@pytest.fixture(scope="session")
+def top5_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """``top5_dataset(n=, size=, seed=)`` -> (dataset folder, cache): ``n`` synthetic images of
+    the paper's five classes at ``size`` px, cached with CLAHE at that size, laid out as
+    ``ROOT/data`` and ``ROOT/cache.h5``. Built once per worker and parameter set; tests
+    that write to either copy it first."""
+    from hpatk.core.cache import build_cache
+    from hpatk.core.synth import make_synthetic
+
+    made: dict[tuple[int, int, int], tuple[Path, Path]] = {}
+
+    def make(*, n: int, size: int, seed: int) -> tuple[Path, Path]:
+        if (n, size, seed) not in made:
+            root = tmp_path_factory.mktemp(f"top5-n{n}-{size}px-seed{seed}")
+            folder = make_synthetic(root / "data", n=n, size=size, seed=seed, classes="top5",
+                                    workers=1)
+            cache = build_cache(folder, root / "cache.h5", enhance="clahe", size=size, workers=1)
+            made[n, size, seed] = (folder, cache)
+        return made[n, size, seed]
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: one torch thread ran 4-10x faster than two.

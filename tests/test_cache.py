@@ -19,8 +19,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.cache import (
     CacheDataset,
     build_cache,
@@ -393,22 +392,18 @@ def test_preprocess_matches_opencv_and_checks_input():
 
 
 # -------------------------------------------------------------------------------- CLI
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def test_cli_build_and_info(data, tmp_path):
     out = tmp_path / "c.h5"
     r = invoke("cache", "build", data, "--out", out, "--size", 32, "--workers", 0,
-               "--clip-limit", 2.5, "--grid-size", 4)
+               "--clip-limit", 2.5, "--grid-size", 4, ok=False)
     assert r.exit_code == 0, r.output
     assert "96 x 4 x 32 x 32 uint8" in r.output and "clip_limit=2.5" in r.output
     assert read_cache_meta(out)["enhance"]["grid_size"] == [4, 4]
     r = invoke("cache", "build", data, "--out", out, "--size", 32, "--workers", 0,
-               "-p", "clip_limit=2.5", "-p", "grid_size=4,4")
+               "-p", "clip_limit=2.5", "-p", "grid_size=4,4", ok=False)
     assert r.exit_code == 0 and "cache up to date" in r.output
 
-    r = invoke("cache", "info", out)
+    r = invoke("cache", "info", out, ok=False)
     assert r.exit_code == 0, r.output
     meta = read_cache_meta(out)
     counts = cache_labels(out).sum(axis=0)
@@ -417,14 +412,14 @@ def test_cli_build_and_info(data, tmp_path):
     assert re.search(rf"\b0 Nucleoplasm +{int(counts[0])} ", r.output)
     assert re.search(rf"\b27 Rods & rings +{int(counts[27])} ", r.output)
     assert "synthetic    0 batches" in r.output
-    r = invoke("cache", "info", out, "--json")
+    r = invoke("cache", "info", out, "--json", ok=False)
     info = json.loads(r.output)
     assert info["class_counts"] == counts.tolist() and info["shape"] == [96, 4, 32, 32]
     assert info["size_on_disk"] == out.stat().st_size
 
 
 def test_cli_default_out_is_what_ensure_cache_reuses(data, tmp_path):
-    r = invoke("cache", "build", data, "--size", 16, "--workers", 0)
+    r = invoke("cache", "build", data, "--size", 16, "--workers", 0, ok=False)
     assert r.exit_code == 0, r.output
     path = default_cache_path(data, size=16)
     assert str(path) in r.output and path.parent == data.parent
@@ -432,9 +427,9 @@ def test_cli_default_out_is_what_ensure_cache_reuses(data, tmp_path):
 
 
 def test_cli_errors(data, tmp_path):
-    r = invoke("cache", "build", data, "--enhance", "nope", "--out", tmp_path / "c.h5")
+    r = invoke("cache", "build", data, "--enhance", "nope", "--out", tmp_path / "c.h5", ok=False)
     assert r.exit_code == 1 and r.output.startswith("Error: unknown enhancer 'nope'")
-    r = invoke("cache", "build", data, "-p", "clip_limit", "--out", tmp_path / "c.h5")
+    r = invoke("cache", "build", data, "-p", "clip_limit", "--out", tmp_path / "c.h5", ok=False)
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
-    r = invoke("cache", "info", tmp_path / "missing.h5")
+    r = invoke("cache", "info", tmp_path / "missing.h5", ok=False)
     assert r.exit_code == 1 and "no such cache file" in r.output

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from helpers import invoke
 from hpatk.cli.main import cli
 from hpatk.core import __version__
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_version():

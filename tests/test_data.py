@@ -10,8 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.classes import STAINS
 from hpatk.core.data import (
     DataError,
@@ -66,10 +65,6 @@ def kaggle(tmp_path) -> Path:
     return _make(tmp_path / "data")
 
 
-def _run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
 # ---------------------------------------------------------------- good data
 def test_read_kaggle_train_and_test(kaggle):
     refs = read_kaggle(kaggle)
@@ -120,7 +115,7 @@ def test_parse_stains():
 
 
 def test_check_command_on_good_data(synth_data):
-    res = _run("data", "check", str(synth_data))
+    res = invoke("data", "check", str(synth_data), ok=False)
     assert res.exit_code == 0, res.output
     assert "train: 96 usable images of 96 rows, 64x64 px" in res.output
     assert "test: 9 usable images" in res.output and "problems: 0" in res.output
@@ -173,11 +168,11 @@ def test_bad_csv(tmp_path, case):
     with pytest.raises(DataError, match=message):
         read_kaggle(root)
     out = tmp_path / "folds.csv"
-    res = _run("data", "folds", str(root), "--out", str(out))
+    res = invoke("data", "folds", str(root), "--out", str(out), ok=False)
     assert res.exit_code == 1 and "Traceback" not in res.output
     error = [line for line in res.output.splitlines() if line.startswith("Error: ")]
     assert len(error) == 1 and "train.csv" in error[0]
-    res = _run("data", "check", str(root))
+    res = invoke("data", "check", str(root), ok=False)
     assert res.exit_code == 1 and "Error: " in res.output
     assert not out.exists() and _snapshot(root) == before  # nothing written
 
@@ -208,11 +203,11 @@ def test_missing_stain_file_named(kaggle):
     # green, red, blue only (as in the paper): the missing yellow does not matter
     assert len(read_kaggle(kaggle, stains=("green", "red", "blue"))) == 3
     out = kaggle.parent / "folds.csv"
-    res = _run("data", "folds", str(kaggle), "--k", "2", "--out", str(out))
+    res = invoke("data", "folds", str(kaggle), "--k", "2", "--out", str(out), ok=False)
     assert res.exit_code == 1 and "stain yellow: stain file not found" in res.output
     assert not out.exists()
-    res = _run("data", "folds", str(kaggle), "--k", "2", "--out", str(out),
-               "--stains", "green,red,blue")
+    res = invoke("data", "folds", str(kaggle), "--k", "2", "--out", str(out),
+                 "--stains", "green,red,blue", ok=False)
     assert res.exit_code == 0, res.output
     assert out.exists()
 
@@ -295,7 +290,7 @@ def test_bad_image(tmp_path, how):
     msg = str(err.value)
     assert msg == f"{path}: Id 'b1' stain red: {IMAGE_CASES[how]}" or (
         msg.startswith(f"{path}: Id 'b1' stain red: ") and IMAGE_CASES[how] in msg)
-    res = _run("data", "check", str(root))
+    res = invoke("data", "check", str(root), ok=False)
     assert res.exit_code == 1
     assert f"problem: {path}: Id 'b1' stain red: {IMAGE_CASES[how]}" in res.output
     assert "problems: 1" in res.output and "Error: 1 problem(s)" in res.output
@@ -364,7 +359,7 @@ def test_external_rgb_takes_each_stains_channel(tmp_path):
     small = load_stains(refs[0], size=16)  # explicit resize of the 2048-px style files
     np.testing.assert_array_equal(
         small[0], cv2.resize(img[0], (16, 16), interpolation=cv2.INTER_AREA))
-    res = _run("data", "check", str(root), "--layout", "external")
+    res = invoke("data", "check", str(root), "--layout", "external", ok=False)
     assert res.exit_code == 0, res.output
     assert "external: 1 usable images of 1 rows" in res.output and "problems: 0" in res.output
 
@@ -386,7 +381,7 @@ def test_external_jpeg_and_csv_choice(tmp_path):
 def test_check_skip_bad_writes_the_skipped_list(tmp_path):
     root = _make(tmp_path / "d", [("a0", "0"), ("b1", "0"), ("c2", "99")])
     path = _corrupt(root, "truncated")
-    res = _run("data", "check", str(root), "--skip-bad")
+    res = invoke("data", "check", str(root), "--skip-bad", ok=False)
     assert res.exit_code == 0, res.output
     assert "train: 1 usable images of 3 rows" in res.output
     assert f"skipped 2 sample(s); list written to {root / 'skipped.csv'}" in res.output
@@ -397,7 +392,7 @@ def test_check_skip_bad_writes_the_skipped_list(tmp_path):
                                                                ("b1", "red", "3")]
     assert rows[1]["path"] == str(path) and "truncated" in rows[1]["problem"]
     other = tmp_path / "elsewhere.csv"
-    res = _run("data", "check", str(root), "--skip-bad", "--skipped-out", str(other))
+    res = invoke("data", "check", str(root), "--skip-bad", "--skipped-out", str(other), ok=False)
     assert res.exit_code == 0 and other.exists()
 
 
@@ -405,5 +400,5 @@ def test_check_skip_bad_fails_when_nothing_is_usable(tmp_path):
     root = _make(tmp_path / "d")
     for image_id in IDS:
         (root / "train" / f"{image_id}_green.png").write_bytes(b"")
-    res = _run("data", "check", str(root), "--skip-bad")
+    res = invoke("data", "check", str(root), "--skip-bad", ok=False)
     assert res.exit_code == 1 and "no usable training images" in res.output

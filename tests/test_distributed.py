@@ -104,14 +104,9 @@ def common(cache: Path) -> list[object]:
 
 
 @pytest.fixture(scope="module")
-def small_cache(tmp_path_factory) -> Path:
+def small_cache(top5_dataset) -> Path:
     """40 images at 32 px: mechanics, not learning."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("ddp-small")
-    data = make_synthetic(root / "data", n=40, size=32, seed=1, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+    return top5_dataset(n=40, size=32, seed=1)[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke, one_line_error
 
 TINY = "timm:test_resnet"
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(r, *fragments: str) -> str:
-    """Exit 1, exactly one ``Error:`` line containing every fragment, no traceback."""
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output, r.output
-    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, r.output
-    for fragment in fragments:
-        assert fragment in errors[0], r.output
-    return errors[0]
 
 
 # -- 1. bad values in --config ----------------------------------------------------------
@@ -48,8 +32,8 @@ def test_bad_config_values_are_one_line_naming_key_and_file(synth_cache, tmp_pat
     config.write_text(f"data: {synth_cache}\nout: {out}\nbackbone: {TINY}\nepochs: 1\n"
                       f"{line}\n")
     # a repeated key: the last one wins in YAML, so the bad value is the one read
-    r = invoke("train", "--config", config)
-    assert_one_line_error(r, f"config '{config}'", *fragments)
+    r = invoke("train", "--config", config, ok=False)
+    one_line_error(r, f"config '{config}'", *fragments)
     assert not out.exists()
 
 
@@ -76,8 +60,8 @@ def test_bad_option_values_fail_before_anything_is_written(synth_cache, tmp_path
                                                            fragments):
     out = tmp_path / "run"
     r = invoke("train", "--data", synth_cache, "--backbone", TINY, "--epochs", 1,
-               "--out", out, *args)
-    assert_one_line_error(r, *fragments)
+               "--out", out, *args, ok=False)
+    one_line_error(r, *fragments)
     assert not out.exists()  # no config.yaml, no folds.csv
 
 
@@ -114,8 +98,8 @@ def test_min_input_size_is_the_smallest_size_that_runs():
 def test_train_refuses_a_size_below_the_backbones_minimum_up_front(synth_cache, tmp_path):
     out = tmp_path / "run"
     r = invoke("train", "--data", synth_cache, "--backbone", "inceptionv4", "--epochs", 1,
-               "--out", out)
-    line = assert_one_line_error(r, "--backbone inceptionv4", "at least 75 px", "64 px")
+               "--out", out, ok=False)
+    line = one_line_error(r, "--backbone inceptionv4", "at least 75 px", "64 px")
     assert "Calculated padded" not in line
     assert not out.exists()
 
@@ -126,8 +110,8 @@ def test_demo_picks_a_valid_size_for_its_backbone(tmp_path):
     assert demo_size("resnet18", None) == 64
     assert demo_size("inceptionv4", None) == 80  # 75 px minimum, rounded up to 16
     assert demo_size("inceptionv4", 96) == 96
-    r = invoke("demo", "--backbone", "inceptionv4", "--size", 64, "--out", tmp_path / "d")
-    assert_one_line_error(r, "at least 75 px", "--size gives 64 px")
+    r = invoke("demo", "--backbone", "inceptionv4", "--size", 64, "--out", tmp_path / "d", ok=False)
+    one_line_error(r, "at least 75 px", "--size gives 64 px")
     assert not (tmp_path / "d").exists()
 
 
@@ -137,7 +121,7 @@ def tiny_run(synth_cache, tmp_path_factory):
     """One epoch of timm's test network on the session cache (64 px): a complete run."""
     out = tmp_path_factory.mktemp("errruns") / "run"
     r = invoke("train", "--data", synth_cache, "--backbone", TINY, "--aug", "none",
-               "--epochs", 1, "--batch-size", 16, "--out", out)
+               "--epochs", 1, "--batch-size", 16, "--out", out, ok=False)
     assert r.exit_code == 0, r.output
     return out
 
@@ -191,8 +175,8 @@ def test_unwritable_output_is_one_line(inputs, tmp_path, command, place):
         out, fragment = _under_a_file(tmp_path)
     else:
         out, fragment = Path("/proc") / f"hpatk-{tmp_path.name}", "cannot write"
-    r = invoke(*COMMANDS[command](inputs, out))
-    line = assert_one_line_error(r)
+    r = invoke(*COMMANDS[command](inputs, out), ok=False)
+    line = one_line_error(r)
     assert fragment in line or (place == "under /proc" and "/proc" in line), line
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == (["a-file"] if place ==
@@ -260,8 +244,8 @@ def test_full_disk_is_one_line_and_leaves_no_temporary(inputs, small_disk, comma
                   "--out", small_disk / "run"],
         "export": ["export", inputs["ckpt"], "--out", small_disk / "m.onnx"],
     }[command]
-    r = invoke(*args)
-    assert_one_line_error(r, "no space left on device writing")
+    r = invoke(*args, ok=False)
+    one_line_error(r, "no space left on device writing")
     assert _temps(small_disk) == []
     if before is not None:
         assert previous.read_bytes() == before
@@ -346,7 +330,7 @@ def test_resume_removes_checkpoint_temporaries_of_a_killed_run(tiny_run, tmp_pat
     stale = [run / ".last.pt.k1ll3d9x.tmp", run / ".best_loss.pt.abcdefgh.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
-    r = invoke("train", "--out", run, "--resume", "--epochs", 2)
+    r = invoke("train", "--out", run, "--resume", "--epochs", 2, ok=False)
     assert r.exit_code == 0, r.output
     assert "removed a partial build left by a killed process" in r.output
     assert _temps(run) == [] and (run / "last.pt").is_file()
@@ -358,7 +342,7 @@ def test_data_synth_removes_the_folder_a_killed_run_left(tmp_path):
     (left / "train" / "x_green.png").write_bytes(b"\x89PNG")
     other = tmp_path / ".d.csv.abcdefgh.tmp"  # another file's temporary: not ours
     other.write_text("x")
-    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1)
+    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1, ok=False)
     assert r.exit_code == 0, r.output
     assert not left.exists() and other.exists() and (tmp_path / "d" / "train.csv").is_file()
 
@@ -381,7 +365,7 @@ def test_a_synth_killed_with_sigkill_is_cleaned_by_the_next_run(tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert list(tmp_path.glob(".d.*.tmp")), "the killed run left nothing to clean"
-    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1)
+    r = invoke("data", "synth", tmp_path / "d", "--n", 20, "--size", 32, "--workers", 1, ok=False)
     assert r.exit_code == 0, r.output
     assert not list(tmp_path.glob(".d.*.tmp"))
 
@@ -394,8 +378,8 @@ def test_resume_without_last_pt_is_refused(tiny_run, tmp_path):
     run.mkdir()
     for name in ("config.yaml", "folds.csv"):
         shutil.copy(tiny_run / name, run / name)
-    r = invoke("train", "--out", run, "--resume")
-    assert_one_line_error(r, "has no last.pt", "without --resume")
+    r = invoke("train", "--out", run, "--resume", ok=False)
+    one_line_error(r, "has no last.pt", "without --resume")
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "folds.csv"]
 
 
@@ -407,7 +391,7 @@ def test_a_half_run_folder_is_started_over_and_said_so(tiny_run, synth_cache, tm
     for name in ("config.yaml", "folds.csv"):
         shutil.copy(tiny_run / name, run / name)
     r = invoke("train", "--data", synth_cache, "--backbone", TINY, "--aug", "none",
-               "--epochs", 1, "--batch-size", 16, "--out", run)
+               "--epochs", 1, "--batch-size", 16, "--out", run, ok=False)
     assert r.exit_code == 0, r.output
     assert "stopped before its first checkpoint (no last.pt); starting it over" in r.output
     assert (run / "last.pt").is_file() and (run / "report.md").is_file()
@@ -425,12 +409,12 @@ def test_a_cache_rebuild_says_how_many_synthetic_images_it_drops(synth_data, tmp
     add_synthetic(cache, np.zeros((3, 4, 16, 16), np.uint8), 25, generator="g25.pt",
                   fold=None, seed=0)
     r = invoke("cache", "build", synth_data, "--out", cache, "--size", 16, "--enhance",
-               "clahe", "--workers", 1)
+               "clahe", "--workers", 1, ok=False)
     assert r.exit_code == 0, r.output
     assert "drops its 8 synthetic images (2 batches" in r.output
     assert read_cache_meta(cache)["synthetic"] == []
     r = invoke("cache", "build", synth_data, "--out", cache, "--size", 16, "--enhance",
-               "clahe", "--workers", 1)
+               "clahe", "--workers", 1, ok=False)
     assert "up to date" in r.output and "synthetic" not in r.output  # nothing dropped
 
 
@@ -559,9 +543,10 @@ def test_predict_warns_when_a_model_labels_nearly_everything(exported_model, syn
     ckpt["thresholds"] = [0.0] * k  # every class on every image
     ckpt["labels_per_image"] = 1.2
     save_checkpoint(ckpt, tmp_path / "bad.pt")
-    r = invoke("export", tmp_path / "bad.pt", "--out", tmp_path / "bad.onnx", "--no-verify")
+    r = invoke("export", tmp_path / "bad.pt", "--out", tmp_path / "bad.onnx", "--no-verify",
+               ok=False)
     assert r.exit_code == 0, r.output
-    r = invoke("predict", tmp_path / "bad.onnx", synth_data, "--out", tmp_path / "s.csv")
+    r = invoke("predict", tmp_path / "bad.onnx", synth_data, "--out", tmp_path / "s.csv", ok=False)
     assert r.exit_code == 0, r.output
     assert f"warning: {k:.1f} labels per image predicted" in r.output
     assert "the training data has 1.2" in r.output
@@ -588,7 +573,7 @@ def test_skipped_csv_names_the_csv_line_of_an_unreadable_image(synth_data, tmp_p
         rows = list(csv.DictReader(f))
     victim = rows[4]["Id"]  # CSV line 6 (the header is line 1)
     (data / "train" / f"{victim}_green.png").write_bytes(b"not a png")
-    r = invoke("data", "check", data, "--skip-bad", "--skipped-out", tmp_path / "s.csv")
+    r = invoke("data", "check", data, "--skip-bad", "--skipped-out", tmp_path / "s.csv", ok=False)
     with open(tmp_path / "s.csv", newline="") as f:
         skipped = list(csv.DictReader(f))
     assert [(s["Id"], s["line"]) for s in skipped] == [(victim, "6")], r.output

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.evaluate import evaluate_run, predict_probs
 from hpatk.core.folds import read_folds
 from hpatk.core.run import read_metrics
@@ -19,22 +18,10 @@ TINY = "timm:test_resnet"
 pytestmark = pytest.mark.slow  # every test reads the trained 2-fold run (~90 s to train)
 
 
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
+def data(top5_dataset) -> tuple[Path, Path]:
     """(dataset folder, its cache): 48 synthetic top-5 images at 32 px."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("evaldata")
-    folder = make_synthetic(root / "data", n=48, size=32, seed=2, classes="top5", workers=1)
-    return folder, build_cache(folder, root / "cache.h5", enhance="clahe", size=32, workers=1)
+    return top5_dataset(n=48, size=32, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.run import read_metrics
 
 BACKBONES = ["timm:test_resnet", "timm:test_efficientnet"]
 
 
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("expdata")
-    data = make_synthetic(root / "data", n=36, size=32, seed=3, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+def cache(top5_dataset) -> Path:
+    return top5_dataset(n=36, size=32, seed=3)[1]
 
 
 @pytest.fixture(scope="module")

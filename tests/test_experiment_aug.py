@@ -8,28 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.train_data import subsample_per_class
 
 TINY = "timm:test_resnet"
 
 
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("augdata")
-    data = make_synthetic(root / "data", n=48, size=32, seed=4, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+def cache(top5_dataset) -> Path:
+    return top5_dataset(n=48, size=32, seed=4)[1]
 
 
 GAN = {"image_size": 16, "width": 4, "steps": 10, "sample_every": 10}

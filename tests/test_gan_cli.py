@@ -6,13 +6,13 @@ line for each bad input."""
 from __future__ import annotations
 
 import csv
+import functools
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke, one_line_error
 from hpatk.core.cache import CacheDataset, cache_ids, cache_labels, read_cache_meta
 from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
 from hpatk.core.generator import load_generator, resize_uint8
@@ -26,15 +26,8 @@ MINI = ["--size", "16", "--param", "width=1", "--steps", "1", "--batch-size", "4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _error_line(result) -> str:
-    lines = [ln for ln in result.output.strip().splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
+# exceptions propagate: a traceback fails the test where it happened
+_invoke = functools.partial(invoke, ok=False, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +104,7 @@ def test_sample_into_cache_keeps_synthetic_apart(trained, synth_cache, tmp_path)
     gen = trained / "class_25" / "generator.pt"
     r = _invoke("gan", "sample", gen, "--n", "10", "--into", cache, "--seed", "3")
     assert r.exit_code == 1
-    assert "32 px" in _error_line(r) and "--resize" in _error_line(r)
+    assert "32 px" in one_line_error(r) and "--resize" in one_line_error(r)
     r = _invoke("gan", "sample", gen, "--n", "10", "--into", cache, "--seed", "3", "--resize",
                 "--device", "cpu")
     assert r.exit_code == 0, r.output
@@ -155,7 +148,7 @@ def test_sample_out_writes_kaggle_layout(trained, tmp_path):
             assert png.shape == (32, 32) and np.array_equal(png, expected[k, c])
     assert (out / "samples.png").is_file()
     r = _invoke("gan", "sample", gen, "--n", "3", "--out", out)
-    assert r.exit_code == 1 and "already holds" in _error_line(r)
+    assert r.exit_code == 1 and "already holds" in one_line_error(r)
 
 
 @pytest.mark.slow
@@ -165,17 +158,17 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
 
     base = ["gan", "train", "--data", synth_cache, "--out", tmp_path / "x", *TINY]
     r = _invoke(*base, "--class", "Nucleoplasma")
-    assert r.exit_code == 1 and "did you mean 'Nucleoplasm'" in _error_line(r)
+    assert r.exit_code == 1 and "did you mean 'Nucleoplasm'" in one_line_error(r)
     r = _invoke(*base, "--class", "28")
-    assert r.exit_code == 1 and "0..27" in _error_line(r)
+    assert r.exit_code == 1 and "0..27" in one_line_error(r)
     r = _invoke(*base, "--class", "0", "--top", "2")
     assert r.exit_code == 2 and "not both" in r.output
     r = _invoke(*base, "--class", "0", "--size", "48")
-    assert r.exit_code == 1 and "image_size" in _error_line(r)
+    assert r.exit_code == 1 and "image_size" in one_line_error(r)
     r = _invoke(*base, "--class", "0", "--synth", "dcgann")
-    assert r.exit_code == 1 and "did you mean 'dcgan'" in _error_line(r)
+    assert r.exit_code == 1 and "did you mean 'dcgan'" in one_line_error(r)
     r = _invoke(*base, "--class", "0", "--param", "wdth=2")
-    assert r.exit_code == 1 and "unknown parameter 'wdth'" in _error_line(r)
+    assert r.exit_code == 1 and "unknown parameter 'wdth'" in one_line_error(r)
     # A class whose only images fall in the validation fold has nothing to train on.
     labels = cache_labels(synth_cache)
     rare = int(np.argmin(np.where(labels.sum(0) > 0, labels.sum(0), 99)))
@@ -183,7 +176,7 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     assert labels[:, rare].sum() == 1
     r = _invoke(*base, "--class", rare, "--fold", fold, "--folds", "2")
     assert r.exit_code == 1
-    assert f"class {rare}" in _error_line(r) and f"fold {fold}" in _error_line(r)
+    assert f"class {rare}" in one_line_error(r) and f"fold {fold}" in one_line_error(r)
     assert not (tmp_path / "x").exists()  # nothing written for refused runs
 
     # A generator of three stains does not go into a four-stain cache.
@@ -198,15 +191,15 @@ def test_bad_inputs_give_one_clear_line(trained, synth_cache, tmp_path):
     cache = tmp_path / "cache.h5"
     shutil.copy(synth_cache, cache)
     r = _invoke("gan", "sample", tmp_path / "rgb.pt", "--n", "2", "--into", cache)
-    assert r.exit_code == 1 and "stains green,red,blue" in _error_line(r)
+    assert r.exit_code == 1 and "stains green,red,blue" in one_line_error(r)
     assert read_cache_meta(cache)["synthetic"] == []
     # Not a generator / not a checkpoint.
     save_checkpoint({"kind": "classifier", "model": {}}, tmp_path / "clf.pt")
     r = _invoke("gan", "sample", tmp_path / "clf.pt", "--n", "2", "--into", cache)
-    assert r.exit_code == 1 and "not a generator checkpoint" in _error_line(r)
+    assert r.exit_code == 1 and "not a generator checkpoint" in one_line_error(r)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     r = _invoke("gan", "sample", tmp_path / "junk.pt", "--n", "2", "--into", cache)
-    assert r.exit_code == 1 and "junk.pt" in _error_line(r)
+    assert r.exit_code == 1 and "junk.pt" in one_line_error(r)
     r = _invoke("gan", "sample", trained / "class_00" / "generator.pt", "--n", "2")
     assert r.exit_code == 2 and "exactly one" in r.output
 
@@ -218,7 +211,7 @@ def test_an_existing_run_is_resumed_or_restarted_never_silently_mixed(synth_cach
             "--param", "sample_every=2", "--device", "cpu"]
     assert _invoke(*args, "--steps", "4").exit_code == 0
     r = _invoke(*args, "--steps", "2")
-    assert r.exit_code == 1 and "--resume" in _error_line(r)
+    assert r.exit_code == 1 and "--resume" in one_line_error(r)
     r = _invoke(*args, "--steps", "6", "--resume")
     assert r.exit_code == 0, r.output
     run = tmp_path / "class_00"

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core import Synthesizer, hookimpl
 
 TINY = "timm:test_resnet"
-
-
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
 
 
 class Copier(Synthesizer):
@@ -69,13 +61,8 @@ class _Plugin:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("ganeval")
-    data = make_synthetic(root / "data", n=60, size=32, seed=5, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+def cache(top5_dataset) -> Path:
+    return top5_dataset(n=60, size=32, seed=5)[1]
 
 
 @pytest.fixture(scope="module")

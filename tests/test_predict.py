@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
+from helpers import invoke  # noqa: E402
 from hpatk.cli.main import cli  # noqa: E402
 from test_onnx_export import ENHANCE, generator_ckpt, shared_export  # noqa: E402
 
@@ -47,7 +48,7 @@ def cache(data, tmp_path_factory):
 
 
 def _invoke(*args):
-    return CliRunner().invoke(cli, ["predict", *map(str, args)])
+    return invoke("predict", *args, ok=False)
 
 
 def _read(path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import invoke
 from hpatk.core.classes import PRESENT_MIN, parse_classes
 from hpatk.core.errors import HpatkError
 from hpatk.core.train_config import TrainConfig
@@ -35,14 +36,9 @@ def test_present_class_spec():
 
 
 @pytest.fixture(scope="module")
-def top5_data(tmp_path_factory) -> tuple[Path, Path]:
+def top5_data(top5_dataset) -> tuple[Path, Path]:
     """(folder, cache): 48 synthetic images at 32 px carrying only the paper's five classes."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("q5")
-    folder = make_synthetic(root / "data", n=48, size=32, seed=2, classes="top5", workers=1)
-    return folder, build_cache(folder, root / "cache.h5", enhance="clahe", size=32, workers=1)
+    return top5_dataset(n=48, size=32, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -94,22 +90,13 @@ def test_oof_thresholds_beat_half_on_a_constructed_case():
     assert np.all((m["thresholds"][:2] > 0.2) & (m["thresholds"][:2] < 0.5))
 
 
-def _invoke(*args: object):
-    from click.testing import CliRunner
-    from hpatk.cli.main import cli
-
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
-
-
 @pytest.fixture(scope="module")
 def folds_run(top5_data, tmp_path_factory) -> Path:
     """Both folds of a 2-fold CV, 2 epochs, a 28-class model on 5-class data."""
     out = tmp_path_factory.mktemp("qrun") / "run"
-    _invoke("train", "--data", top5_data[1], "--backbone", TINY, "--classes", "all", "--folds",
-            2, "--fold", "all", "--epochs", 2, "--batch-size", 8, "--aug", "none", "--device",
-            "cpu", "--out", out)
+    invoke("train", "--data", top5_data[1], "--backbone", TINY, "--classes", "all", "--folds",
+           2, "--fold", "all", "--epochs", 2, "--batch-size", 8, "--aug", "none", "--device",
+           "cpu", "--out", out)
     return out
 
 
@@ -194,9 +181,9 @@ def test_ensemble_onnx_equals_mean_of_fold_models(folds_run, top5_data, tmp_path
     clf = OnnxClassifier(tmp_path / "e.onnx", provider="cpu")
     np.testing.assert_allclose(clf.predict_probs(x), ref, rtol=1e-3, atol=1e-5)
     folder = top5_data[0]
-    _invoke("predict", tmp_path / "e.onnx", folder, "--split", "train", "--provider", "cpu",
-            "--out", tmp_path / "sub.csv", "--probs", tmp_path / "p.csv")
-    r = _invoke("evaluate", tmp_path / "e.onnx", "--data", folder)
+    invoke("predict", tmp_path / "e.onnx", folder, "--split", "train", "--provider", "cpu",
+           "--out", tmp_path / "sub.csv", "--probs", tmp_path / "p.csv")
+    r = invoke("evaluate", tmp_path / "e.onnx", "--data", folder)
     import csv
 
     from hpatk.core.data import read_kaggle

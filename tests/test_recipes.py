@@ -7,19 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.cli.train import train_config
 from hpatk.core.errors import HpatkError
 from hpatk.core.recipes import RECIPES, recipe_settings, recipe_table
 from hpatk.core.train_config import TrainConfig, read_config
-
-
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -67,13 +59,9 @@ def test_unknown_recipe_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_records_the_recipe_settings(tmp_path):
+def test_train_records_the_recipe_settings(top5_dataset, tmp_path):
     """End to end: one epoch of a tiny backbone, the recipe's other settings in config.yaml."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    data = make_synthetic(tmp_path / "data", n=24, size=32, seed=2, classes="top5", workers=1)
-    cache = build_cache(data, tmp_path / "cache.h5", enhance="clahe", size=32, workers=1)
+    cache = top5_dataset(n=24, size=32, seed=2)[1]
     invoke("train", "--recipe", "paper-top5", "--data", cache, "--backbone", "timm:test_resnet",
            "--epochs", 1, "--folds", 3, "--device", "cpu", "--out", tmp_path / "run")
     cfg = read_config(Path(tmp_path / "run" / "config.yaml"))

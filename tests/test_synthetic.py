@@ -13,8 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke, one_line_error
 from hpatk.core import Synthesizer, hookimpl
 from hpatk.core.cache import read_cache_meta, synthetic_info, synthetic_train_ids
 from hpatk.core.checkpoint import load_checkpoint
@@ -31,27 +30,10 @@ MARK = 255  # validation images get a bright 4x4 corner in every stain
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_error_line(r) -> str:
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, r.output
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
-def cache32(tmp_path_factory) -> Path:
+def cache32(top5_dataset) -> Path:
     """48 synthetic top-5 images at 32 px."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("syn")
-    data = make_synthetic(root / "data", n=48, size=32, seed=3, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+    return top5_dataset(n=48, size=32, seed=3)[1]
 
 
 def fresh(cache32: Path, tmp_path: Path) -> Path:
@@ -123,7 +105,7 @@ def plugin(throwaway_plugin):
 @pytest.mark.slow
 def test_aug_gan_is_self_contained_and_reuses_its_generators(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
-    r = invoke(*train_args(cache, tmp_path / "r1", "--aug", "gan", *TINY_GAN))
+    r = invoke(*train_args(cache, tmp_path / "r1", "--aug", "gan", *TINY_GAN), ok=False)
     assert r.exit_code == 0, r.output
     run = tmp_path / "r1"
     with open(run / "synthetic.csv") as f:
@@ -145,7 +127,7 @@ def test_aug_gan_is_self_contained_and_reuses_its_generators(cache32, tmp_path):
         assert ckpt["train_ids"] == want and ckpt["synthesizer"] == "dcgan"
     # a second run with the same settings reuses them: nothing is fitted or sampled again
     n_batches = len(read_cache_meta(cache)["synthetic"])
-    r = invoke(*train_args(cache, tmp_path / "r2", "--aug", "gan", *TINY_GAN))
+    r = invoke(*train_args(cache, tmp_path / "r2", "--aug", "gan", *TINY_GAN), ok=False)
     assert r.exit_code == 0, r.output
     assert "fitting" not in r.output
     with open(tmp_path / "r2" / "synthetic.csv") as f:
@@ -153,7 +135,7 @@ def test_aug_gan_is_self_contained_and_reuses_its_generators(cache32, tmp_path):
     assert len(read_cache_meta(cache)["synthetic"]) == n_batches
     # more samples per class: the stored generators sample again, none is refitted
     r = invoke(*train_args(cache, tmp_path / "r3", "--aug", "dcgan", *TINY_GAN,
-                           "--synthetic-per-class", 9))
+                           "--synthetic-per-class", 9), ok=False)
     assert r.exit_code == 0, r.output
     with open(tmp_path / "r3" / "synthetic.csv") as f:
         assert {x["source"] for x in csv.DictReader(f)} == {"reused generator"}
@@ -171,7 +153,7 @@ def test_no_validation_image_reaches_a_generator(cache32, tmp_path, plugin):
         images[val_rows, :, :4, :4] = MARK
         f["images"][...] = images
     marked = lambda x: bool(np.all(x[:, :4, :4] == MARK))  # noqa: E731
-    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "recorder"))
+    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "recorder"), ok=False)
     assert r.exit_code == 0, r.output
     assert len(Recorder.seen) == 5  # one generator per class
     train_rows = plan.split(0)[0]
@@ -194,10 +176,10 @@ def test_samples_of_other_folds_are_refused_by_content(synth_cache, tmp_path):
     gans = tmp_path / "gans"
     r = invoke("gan", "train", "--data", cache, "--class", 0, "--fold", 0, "--folds", 3,
                "--fold-classes", "all", "--size", 16, "--param", "width=1", "--steps", 2,
-               "--batch-size", 4, "--param", "sample_every=0", "--out", gans)
+               "--batch-size", 4, "--param", "sample_every=0", "--out", gans, ok=False)
     assert r.exit_code == 0, r.output
     r = invoke("gan", "sample", gans / "class_00" / "generator.pt", "--n", 5, "--into", cache,
-               "--resize")
+               "--resize", ok=False)
     assert r.exit_code == 0, r.output
     plan_all = plan_data(TrainConfig(data=str(cache), classes="all", folds=3))
     plan_top = plan_data(TrainConfig(data=str(cache), classes="top5", folds=3))
@@ -207,21 +189,21 @@ def test_samples_of_other_folds_are_refused_by_content(synth_cache, tmp_path):
         pytest.skip("on this data the two fold assignments happen to agree for class 0")
     assert seen <= {plan_all.ids[i] for i in plan_all.split(0)[0]}
     r = invoke(*train_args(cache, tmp_path / "r", "--aug", "gan", "--synthetic-source",
-                           "cache"))
-    line = one_error_line(r)
+                           "cache"), ok=False)
+    line = one_line_error(r)
     assert "no fold-safe synthetic samples" in line
     assert f"learnt from {len(leaked)} images outside this fold's training images" in r.output
     assert not (tmp_path / "r" / "last.pt").exists()
     # samples from generators fitted on the right fold are accepted
     r = invoke("gan", "train", "--data", cache, "--class", 0, "--fold", 0, "--folds", 3,
                "--fold-classes", "top5", "--size", 16, "--param", "width=1", "--steps", 2,
-               "--batch-size", 4, "--param", "sample_every=0", "--out", tmp_path / "ok")
+               "--batch-size", 4, "--param", "sample_every=0", "--out", tmp_path / "ok", ok=False)
     assert r.exit_code == 0, r.output
     r = invoke("gan", "sample", tmp_path / "ok" / "class_00" / "generator.pt", "--n", 4,
-               "--into", cache, "--resize")
+               "--into", cache, "--resize", ok=False)
     assert r.exit_code == 0, r.output
     r = invoke(*train_args(cache, tmp_path / "r2", "--aug", "gan", "--synthetic-source",
-                           "cache"))
+                           "cache"), ok=False)
     assert r.exit_code == 0, r.output
     with open(tmp_path / "r2" / "synthetic.csv") as f:
         counts = {int(x["class"]): int(x["samples"]) for x in csv.DictReader(f)}
@@ -231,7 +213,7 @@ def test_samples_of_other_folds_are_refused_by_content(synth_cache, tmp_path):
 @pytest.mark.slow
 def test_cdcgan_one_conditional_generator_with_real_label_cooccurrence(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
-    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN))
+    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN), ok=False)
     assert r.exit_code == 0, r.output
     with open(tmp_path / "r" / "synthetic.csv") as f:
         rows = list(csv.DictReader(f))
@@ -255,11 +237,12 @@ def test_third_party_synthesizer_trains_and_exports(cache32, tmp_path):
     from hpatk.export import OnnxGenerator
 
     cache = fresh(cache32, tmp_path)
-    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "meannoise", "--batch-aug", "none"))
+    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "meannoise", "--batch-aug", "none"),
+               ok=False)
     assert r.exit_code == 0, r.output
     with open(tmp_path / "r" / "synthetic.csv") as f:
         gen = next(csv.DictReader(f))["generator"]
-    r = invoke("export", gen, "--out", tmp_path / "g.onnx")
+    r = invoke("export", gen, "--out", tmp_path / "g.onnx", ok=False)
     assert r.exit_code == 0, r.output
     model = OnnxGenerator(tmp_path / "g.onnx", provider="cpu")
     assert model.metadata["synthesizer"] == "meannoise"
@@ -272,23 +255,25 @@ def test_third_party_synthesizer_trains_and_exports(cache32, tmp_path):
     ("explodes", "bad factory"),
 ])
 def test_bad_aug_names_write_nothing(cache32, tmp_path, plugin, aug, message):
-    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", aug))
-    assert message in one_error_line(r)
+    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", aug), ok=False)
+    assert message in one_line_error(r)
     assert not (tmp_path / "r").exists()
 
 
 def test_bad_synthesizer_parameters_write_nothing(cache32, tmp_path):
-    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", "gan", "--aug-param", "wdth=3"))
-    assert "unknown parameter 'wdth'" in one_error_line(r)
-    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", "gan", "--batch-aug", "clasic"))
-    assert "unknown augmentation 'clasic'" in one_error_line(r)
+    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", "gan", "--aug-param", "wdth=3"),
+               ok=False)
+    assert "unknown parameter 'wdth'" in one_line_error(r)
+    r = invoke(*train_args(cache32, tmp_path / "r", "--aug", "gan", "--batch-aug", "clasic"),
+               ok=False)
+    assert "unknown augmentation 'clasic'" in one_line_error(r)
     assert not (tmp_path / "r").exists()
 
 
 def test_a_synthesizer_that_raises_is_one_line(cache32, tmp_path, plugin):
     cache = fresh(cache32, tmp_path)
-    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "broken"))
-    line = one_error_line(r)
+    r = invoke(*train_args(cache, tmp_path / "r", "--aug", "broken"), ok=False)
+    line = one_line_error(r)
     assert "synthesizer 'broken' failed to fit: ValueError: the GPU caught fire" in line
     assert not (tmp_path / "r" / "last.pt").exists()
 
@@ -298,7 +283,7 @@ def test_cdcgan_class_without_training_images_gets_none(cache32, tmp_path):
     cache = fresh(cache32, tmp_path)
     args = train_args(cache, tmp_path / "r", "--aug", "cdcgan", *TINY_GAN)
     args[args.index("top5")] = "0,25,8"  # class 8 has no image in this top-5 data
-    r = invoke(*args)
+    r = invoke(*args, ok=False)
     assert r.exit_code == 0, r.output
     with open(tmp_path / "r" / "synthetic.csv") as f:
         rows = {int(x["class"]): x for x in csv.DictReader(f)}

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from hpatk.cli.main import cli
+from helpers import invoke
 from hpatk.core.checkpoint import build_classifier, load_checkpoint
 from hpatk.core.errors import HpatkError
 from hpatk.core.run import METRIC_COLUMNS, read_metrics
@@ -23,33 +22,16 @@ from hpatk.core.train_config import TrainConfig, read_config
 TINY = "timm:test_resnet"
 
 
-def invoke(*args: object, ok: bool = True):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert r.exit_code == 0, r.output + (f"\n{r.exception!r}" if r.exception else "")
-    return r
-
-
 @pytest.fixture(scope="module")
-def top5_cache(tmp_path_factory) -> Path:
+def top5_cache(top5_dataset) -> Path:
     """160 synthetic images of the paper's five classes, cached (CLAHE) at 64 px."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("top5")
-    data = make_synthetic(root / "data", n=160, size=64, seed=0, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=64, workers=1)
+    return top5_dataset(n=160, size=64, seed=0)[1]
 
 
 @pytest.fixture(scope="module")
-def small_cache(tmp_path_factory) -> Path:
+def small_cache(top5_dataset) -> Path:
     """40 images at 32 px: for tests of mechanics, not of learning."""
-    from hpatk.core.cache import build_cache
-    from hpatk.core.synth import make_synthetic
-
-    root = tmp_path_factory.mktemp("small")
-    data = make_synthetic(root / "data", n=40, size=32, seed=1, classes="top5", workers=1)
-    return build_cache(data, root / "cache.h5", enhance="clahe", size=32, workers=1)
+    return top5_dataset(n=40, size=32, seed=1)[1]
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def export(checkpoint: str, out: str | None, tta: str, opset: int | None, dynamo
         from hpatk.export.triton import triton_target
 
         triton_target(triton_repo, triton_name or Path(out).stem)
-    from hpatk.export.onnx import ATOL, RTOL, export_checkpoint
+    from hpatk.export.onnx import export_checkpoint
+    from hpatk.export.parity import ATOL, RTOL
 
     options = dict(opset=opset, exporter={None: "auto", True: "dynamo", False: "legacy"}[dynamo],
                    output="probabilities" if probabilities else "logits", size=size,

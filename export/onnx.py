@@ -32,6 +32,7 @@ from hpatk.core.errors import HpatkError, first_line
 from hpatk.core.io import file_sha256, is_write_error, make_dirs, write_error
 from hpatk.core.version import __version__
 from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
+from hpatk.export.parity import degenerate_outputs, reference_outputs, verify_parity
 
 if TYPE_CHECKING:
     import onnx
@@ -41,8 +42,6 @@ EXPORTERS = ("auto", "legacy", "dynamo")
 DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
 # torch.export specialises batch sizes 0 and 1, so trace at 2 to keep the axis dynamic.
 EXPORT_BATCH = 2
-PARITY_BATCHES = (1, 2, 7)
-RTOL, ATOL = 1e-3, 1e-5
 # protobuf cannot serialise 2 GiB; larger models keep their weights in OUT.data.
 SINGLE_FILE_LIMIT = 2**31 - 2**24
 
@@ -70,7 +69,7 @@ class ExportSpec:
     make_inputs: Callable[[int, int], np.ndarray]
     metadata: dict[str, Any]
     summary: str
-    degenerate: Callable[[np.ndarray], str | None] | None = None  # default: _varies
+    degenerate: Callable[[np.ndarray], str | None] | None = None  # default: degenerate_outputs
 
 
 @dataclass
@@ -357,95 +356,6 @@ def _move_into_place(staged: list[Path], folder: Path) -> list[Path]:
     return placed[::-1]
 
 
-def reference_outputs(spec: ExportSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """PyTorch outputs on the parity inputs at batch 1, 2 and 7 (each run separately).
-
-    Raises:
-        HpatkError: outputs that cannot prove parity (constant, saturated, NaN).
-    """
-    import torch
-
-    x = spec.make_inputs(max(PARITY_BATCHES), 1)
-    refs = {}
-    with torch.inference_mode():
-        for b in PARITY_BATCHES:
-            refs[b] = spec.module(torch.from_numpy(x[:b])).float().numpy()
-    reason = (spec.degenerate or _varies)(refs[max(PARITY_BATCHES)])
-    if reason:
-        raise HpatkError(f"parity check impossible: on varied inputs the model's {reason} "
-                         f"(untrained? export with --no-verify to skip the check)")
-    return x, refs
-
-
-def verify_parity(spec: ExportSpec, path: Path, x: np.ndarray,
-                  refs: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
-    """Compare ONNX Runtime (CPU) on ``path`` with the PyTorch outputs ``refs``.
-
-    The criterion is rtol 1e-3 / atol 1e-5. Deep random-like networks can be so
-    ill-conditioned that PyTorch's own float32 result is that far from the exact one;
-    then, and only then, the ONNX output passes if it is at most twice as far from a
-    float64 PyTorch reference as PyTorch float32 is (float32 rounding, not an export
-    error, which would be orders of magnitude larger); the report says so.
-
-    Returns:
-        ``{batch: {"max_abs": float, "max_rel": float}}`` (+ ``"float64_onnx"`` and
-        ``"float64_torch"``, the max errors against float64, when that was needed).
-
-    Raises:
-        HpatkError: a wrong output shape, or a difference beyond both criteria.
-    """
-    from hpatk.export.runtime import create_session
-
-    session, _ = create_session(path, provider="cpu")
-    report = {}
-    for b, ref in refs.items():
-        got = session.run([spec.output_name], {spec.input_name: x[:b]})[0]
-        if got.shape != ref.shape:
-            raise HpatkError(f"parity check failed at batch {b}: ONNX output shape "
-                             f"{tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
-        diff = np.abs(got.astype(np.float64) - ref)
-        report[b] = {"max_abs": float(diff.max()),
-                     "max_rel": float((diff / np.maximum(np.abs(ref), 1e-12)).max())}
-        if np.allclose(got, ref, rtol=RTOL, atol=ATOL):
-            continue
-        exact = _float64_outputs(spec, x[:b])
-        onnx_err = float(np.abs(got - exact).max())
-        torch_err = float(np.abs(ref - exact).max())
-        report[b].update(float64_onnx=onnx_err, float64_torch=torch_err)
-        if onnx_err > 2 * torch_err + ATOL:
-            worst = np.unravel_index(int(np.argmax(diff - RTOL * np.abs(ref))), diff.shape)
-            raise HpatkError(
-                f"parity check failed at batch {b}: ONNX {got[worst]:.6g} vs PyTorch "
-                f"{ref[worst]:.6g} at {tuple(int(i) for i in worst)} (rtol {RTOL}, atol "
-                f"{ATOL}; against float64 ONNX is off by {onnx_err:.3g}, PyTorch float32 "
-                f"by {torch_err:.3g})")
-    return report
-
-
-def _float64_outputs(spec: ExportSpec, x: np.ndarray) -> np.ndarray:
-    """The module's outputs computed in float64: the reference both float32 runs miss."""
-    import copy
-
-    import torch
-
-    module = copy.deepcopy(spec.module).double()
-    with torch.inference_mode():
-        return module(torch.from_numpy(x).double()).numpy()
-
-
-def _varies(y: np.ndarray, saturating: bool = False) -> str | None:
-    """Why outputs ``y`` (B, ...) cannot prove parity, or None."""
-    if not np.isfinite(y).all():
-        return "outputs contain NaN or inf"
-    flat = y.reshape(y.shape[0], -1).astype(np.float64)
-    if np.ptp(flat, axis=0).max() <= 1e-4 * max(1.0, float(np.abs(flat).max())):
-        return "outputs do not change with the input"
-    if saturating and not ((flat > 1e-4) & (flat < 1 - 1e-4)).any():
-        return "probabilities are all saturated at 0 or 1"
-    return None
-
-
-
 # -- classifier -------------------------------------------------------------------------
 
 
@@ -563,7 +473,7 @@ def classifier_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
         make_inputs=lambda n, seed: image_inputs(n, seed, mean, std, size), metadata=meta,
         summary=f"{meta['backbone']} classifier, {c} stains x {size} px -> {k} "
                 f"{options.output}",
-        degenerate=lambda y: _varies(y, saturating=probabilities))
+        degenerate=lambda y: degenerate_outputs(y, saturating=probabilities))
 
 
 # -- generator --------------------------------------------------------------------------

@@ -357,16 +357,17 @@ def test_parity_float64_arbitration(exported, monkeypatch):
     """Beyond rtol/atol, ONNX passes only if it is as close to a float64 PyTorch run as
     PyTorch float32 is (ill-conditioned deep nets); an export error never is."""
     from hpatk.export import onnx as ox
+    from hpatk.export import parity
 
     ckpt, res, _ = exported
     spec = ox.classifier_spec(ckpt, ox.ExportOptions())
-    x, refs = ox.reference_outputs(spec)
+    x, refs = parity.reference_outputs(spec)
     off = {b: r * (1 + 3e-3) for b, r in refs.items()}  # a float32 PyTorch 3e-3 off
-    report = ox.verify_parity(spec, res.path, x, off)
+    report = parity.verify_parity(spec, res.path, x, off)
     assert report[7]["float64_onnx"] < 1e-5 < report[7]["float64_torch"]
-    monkeypatch.setattr(ox, "_float64_outputs", lambda spec, xb: off[len(xb)])
+    monkeypatch.setattr(parity, "_float64_outputs", lambda spec, xb: off[len(xb)])
     with pytest.raises(HpatkError, match="against float64 ONNX is off by"):
-        ox.verify_parity(spec, res.path, x, off)  # PyTorch exact, ONNX 3e-3 off: an error
+        parity.verify_parity(spec, res.path, x, off)  # PyTorch exact, ONNX 3e-3 off: an error
 
 
 class _Constant(torch.nn.Module):

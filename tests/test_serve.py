@@ -152,40 +152,56 @@ def test_tta_flips_and_composite(client, data, clf):
 
 
 def test_batcher_gathers_concurrent_images(clf, data):
-    images = [clf.preprocess(_raw(data, i)) for i in _ids(data)[:5]]
+    """Eight images from eight threads, at most four per call: two full batches. A batch
+    closes when it is full, so the generous max_wait (a hang guard, never reached: a full
+    batch does not wait) keeps scheduling out of the result; a partial batch going out
+    after max_wait is checked alone, where no other thread can join it."""
+    ids = _ids(data)
+    images = [clf.preprocess(_raw(data, ids[i % len(ids)])) for i in range(8)]
     sizes = []
     start = threading.Event()
-    batcher = Batcher(clf, max_batch=4, max_wait_s=0.5, on_batch=lambda n, s: sizes.append(n))
+    batcher = Batcher(clf, max_batch=4, max_wait_s=60, on_batch=lambda n, s: sizes.append(n))
     try:
         def go(im):
             start.wait()
-            return batcher.submit(im).result(timeout=30)
+            return batcher.submit(im).result(timeout=120)
 
-        with ThreadPoolExecutor(5) as pool:
+        with ThreadPoolExecutor(8) as pool:
             futs = [pool.submit(go, im) for im in images]
             start.set()
             results = [f.result() for f in futs]
     finally:
         batcher.close()
     assert not batcher.alive
-    assert sorted(sizes) == [1, 4]  # five images, at most four per call
-    assert sorted(info["batch"] for _, info in results) == [1, 4, 4, 4, 4]
+    assert sizes == [4, 4]
+    assert [info["batch"] for _, info in results] == [4] * 8
     want = clf.probs_of(clf.to_float(np.stack(images)))
     np.testing.assert_allclose(np.stack([p for p, _ in results]), want, atol=2e-6)
 
+    alone = Batcher(clf, max_batch=4, max_wait_s=0.01)
+    try:
+        probs, info = alone.submit(images[0]).result(timeout=120)
+    finally:
+        alone.close()
+    assert info["batch"] == 1  # not full: it goes out once max_wait has passed
+    np.testing.assert_allclose(probs, want[0], atol=2e-6)
+
 
 def test_concurrent_requests_are_batched(clf, data):
-    app = create_app(clf, ServeOptions(max_batch=16, max_wait_ms=300, workers=4))
+    """Six concurrent requests, max_batch 6: one call. The batch closes when full, so the
+    long max_wait is only a hang guard (with 300 ms, a loaded machine could let it expire
+    between two requests and split the batch)."""
     ids = _ids(data)
+    app = create_app(clf, ServeOptions(max_batch=len(ids), max_wait_ms=60_000, workers=4))
     with TestClient(app) as c:
-        with ThreadPoolExecutor(6) as pool:
+        with ThreadPoolExecutor(len(ids)) as pool:
             bodies = list(pool.map(lambda i: c.post("/v1/predict", files=_files(data, i)).json(),
                                    ids))
         text = c.get("/metrics").text
-    assert max(b["batch_size"] for b in bodies) > 1
+    assert [b["batch_size"] for b in bodies] == [len(ids)] * len(ids)
     fams = _metrics(text)
     assert fams["hpatk_images_total"][()] == len(ids)
-    assert fams["hpatk_batch_size_count"][()] < len(ids)  # fewer calls than images
+    assert fams["hpatk_batch_size_count"][()] == 1  # one call for all the images
 
 
 # -- endpoints --------------------------------------------------------------------------

@@ -290,7 +290,10 @@ from hpatk.core import Enhancer, hookimpl
 
 
 class Slow(Enhancer):
-    """Identity, slowly: gives the test time to kill a build in the middle."""
+    """Identity that leaves one mark file per image; with SLOW_STALL_AFTER=N set, a worker
+    stops for good once N marks exist, so a build is surely mid-way when the test kills
+    it (however slow the machine). A stalled worker ends when its parent dies: the pool
+    initializer's watcher thread calls os._exit."""
 
     name = "slow"
 
@@ -298,8 +301,11 @@ class Slow(Enhancer):
         return x
 
     def apply_uint8(self, image):
-        time.sleep(0.04)
-        open(os.path.join(os.environ["SLOW_MARKS"], uuid.uuid4().hex), "w").close()
+        marks = os.environ["SLOW_MARKS"]
+        open(os.path.join(marks, uuid.uuid4().hex), "w").close()
+        stall = int(os.environ.get("SLOW_STALL_AFTER", "0"))
+        while stall and len(os.listdir(marks)) >= stall:
+            time.sleep(0.05)
         return image
 
 
@@ -338,20 +344,27 @@ def test_sigkill_mid_build_leaves_nothing_and_rerun_completes(synth_data, tmp_pa
     marks = tmp_path / "marks"  # one file per image enhanced
     marks.mkdir()
     env = {**os.environ, "HPATK_PLUGINS_DIR": str(plugins), "SLOW_MARKS": str(marks)}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
+    # the workers stall after a third of the images: the kill lands mid-build, by
+    # construction rather than by how fast this process polls
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            env={**env, "SLOW_STALL_AFTER": "30"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(list(marks.iterdir())) < 30:  # mid-build: a third of the images done
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the build never started"
-        time.sleep(0.02)
+    deadline = time.monotonic() + 300  # a hang guard: the marks come in seconds
+    try:
+        while len(list(marks.iterdir())) < 30:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.02)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # no stalled workers left behind
+        raise
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(list(marks.iterdir())) < 96
     assert list(out.parent.glob(".cache.h5.*.tmp"))  # the partial file is not at `out`
     assert not out.exists()
     # the spawned workers notice their parent died and exit (no orphans left waiting)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # they poll every 0.5 s; 60 s: a hang guard
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _group_alive(proc.pid)

@@ -62,12 +62,13 @@ def serve(model: str, host: str, port: int, provider: str, strict: bool, max_bat
     from hpatk.export.serve import ServeOptions
     from hpatk.export.serve import serve as run
 
-    def started(clf: object) -> None:
+    def started(clf: object, bound: int) -> None:
         report = clf.report.describe().splitlines()  # type: ignore[attr-defined]
         click.echo(report[0])
         for line in report[1:]:
             click.echo(line, err=True)
-        click.echo(f"serving {model} on http://{host}:{port}/ (max batch {max_batch}, "
+        where = f"[{host}]" if ":" in host else host
+        click.echo(f"serving {model} on http://{where}:{bound}/ (max batch {max_batch}, "
                    f"max wait {max_wait_ms:g} ms, {workers} decode threads)")
         if host not in ("127.0.0.1", "localhost", "::1"):
             click.echo(f"note: --host {host} accepts other machines' requests; hpatk serve "

@@ -481,8 +481,16 @@ def create_app(clf: OnnxClassifier, options: ServeOptions | None = None) -> Fast
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           provider: str = "auto", strict: bool = False, threads: int | None = None,
           options: ServeOptions | None = None, log_level: str = "info",
-          on_start: Callable[[OnnxClassifier], None] | None = None) -> None:
+          on_start: Callable[[OnnxClassifier, int], None] | None = None) -> None:
     """Load ``model`` and serve it with uvicorn until interrupted.
+
+    The listening socket is bound here, before the model loads, and handed to uvicorn:
+    a taken port is one clear error, nothing can take the port between a check and the
+    bind, and ``port=0`` picks a free port that ``on_start`` learns.
+
+    Args:
+        on_start: called as ``on_start(classifier, port)`` once the model is loaded, with
+            the port really listened on.
 
     Raises:
         HpatkError: the model cannot be loaded, or the port is taken.
@@ -492,16 +500,19 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
     from hpatk.export.runtime import OnnxClassifier
 
-    try:  # uvicorn logs a bind failure and exits: check first, before loading the model
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise HpatkError(f"--host {host} --port {port}: cannot listen ({exc.strerror})") from None
-    clf = OnnxClassifier(model, provider=provider, threads=threads, strict=strict)
-    app = create_app(clf, options)
-    if on_start is not None:
-        on_start(clf)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            access_log=log_level == "debug", lifespan="on")
-    uvicorn.Server(config).run()
+    with sock:
+        clf = OnnxClassifier(model, provider=provider, threads=threads, strict=strict)
+        app = create_app(clf, options)
+        bound = int(sock.getsockname()[1])
+        if on_start is not None:
+            on_start(clf, bound)
+        config = uvicorn.Config(app, host=host, port=bound, log_level=log_level,
+                                access_log=log_level == "debug", lifespan="on")
+        uvicorn.Server(config).run(sockets=[sock])

@@ -10,15 +10,19 @@ import functools
 import io
 import json
 import logging
+import re
+import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+httpx = pytest.importorskip("httpx")
 
 from click.testing import CliRunner  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
@@ -84,6 +88,30 @@ def _ok(client, data):
     r = client.post("/v1/predict", files=_files(data, image_id))
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def serving_url(proc: subprocess.Popen, log: Path, deadline_s: float = 90) -> str:
+    """The base URL ``hpatk serve --port 0`` says it listens on (the port the server
+    bound itself: no free-port guess another process could take first), once /readyz
+    answers 200. ``deadline_s`` is a hang guard only."""
+    deadline = time.monotonic() + deadline_s
+    url = None
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"hpatk serve exited ({proc.returncode}): {log.read_text()}")
+        if url is None:
+            found = re.search(r"serving \S+ on (http://127\.0\.0\.1:[1-9][0-9]*)/",
+                              log.read_text())
+            url = found and found.group(1)
+        if url is not None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"hpatk serve not ready after {deadline_s} s: {log.read_text()}")
+        time.sleep(0.25)
 
 
 # -- the prediction ---------------------------------------------------------------------
@@ -432,3 +460,28 @@ def test_cli_serve_refuses_bad_model_and_busy_port(tmp_path, model_path):
     assert len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, ["serve", str(model_path), "--max-batch", "0"])
     assert r.exit_code == 2 and "--max-batch" in r.output
+
+
+def test_cli_serve_port_0_says_the_port_it_listens_on(tmp_path, model_path, clf):
+    """--port 0: the server binds a free port itself and prints it (a test or a script
+    starting a server needs no free-port guess that another process could take first)."""
+    import sys
+
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpatk.cli.main", "serve", str(model_path), "--port", "0",
+             "--provider", "cpu", "--threads", "1", "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = serving_url(proc, log)
+        assert not url.endswith(":0")
+        meta = httpx.get(f"{url}/v1/metadata", timeout=60).json()  # this model's server
+        assert meta["metadata"] == json.loads(json.dumps(clf.metadata))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

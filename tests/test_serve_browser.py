@@ -10,10 +10,8 @@ import csv
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
 from click.testing import CliRunner  # noqa: E402
 from hpatk.cli.main import cli  # noqa: E402
 from test_onnx_export import shared_export  # noqa: E402
+from test_serve import serving_url  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 STAINS = ("green", "red", "blue", "yellow")
@@ -49,39 +48,20 @@ if chromium_path() is None:
                 "apt-get install chromium", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
-    """``hpatk serve`` in a subprocess on a free 127.0.0.1 port: (base url, model path)."""
+    """``hpatk serve`` in a subprocess on a port of its choosing on 127.0.0.1:
+    (base url, model path)."""
     model = shared_export(32)[1].path
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from hpatk.cli.main import main; main()", "serve",
-             str(model), "--host", "127.0.0.1", "--port", str(port), "--provider", "cpu",
+             str(model), "--host", "127.0.0.1", "--port", "0", "--provider", "cpu",
              "--threads", "1", "--log-level", "warning"],
             stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"hpatk serve exited ({proc.returncode}): {log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"hpatk serve not ready after 90 s: {log.read_text()}")
-            time.sleep(0.25)
-        yield url, model
+        yield serving_url(proc, log), model
     finally:
         proc.terminate()
         try:

@@ -90,7 +90,7 @@ def _loader(ds: Any, batch: int, workers: int, context: str, seed: int):
 def _batch_loader(ds: Any, batch: int, workers: int, seed: int):
     from hpatk.core.batching import EpochBatchSampler, make_loader
 
-    sampler = EpochBatchSampler(len(ds), batch, seed=seed, drop_single=False)
+    sampler = EpochBatchSampler(len(ds), batch, seed=seed)
     return make_loader(ds, sampler, workers=workers, seed=seed)
 
 

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, first_line, typed_line
 from hpatk.core.io import atomic_path, disk_is_full
 
 CHECKPOINT_KINDS = ("classifier", "generator", "state")
@@ -65,12 +65,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HpatkError(f"checkpoint '{path}' refused: it is not a plain-data checkpoint "
-                         f"(weights_only load failed: {first})") from exc
+                         f"(weights_only load failed: {first_line(exc)})") from exc
     except Exception as exc:
-        raise HpatkError(f"checkpoint '{path}' cannot be read: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise HpatkError(f"checkpoint '{path}' cannot be read: {typed_line(exc)}") from exc
     if not isinstance(obj, dict) or obj.get("kind") not in CHECKPOINT_KINDS:
         raise HpatkError(f"checkpoint '{path}' is not an hpatk checkpoint (no 'kind' of "
                          f"{', '.join(CHECKPOINT_KINDS)})")

@@ -18,3 +18,12 @@ def first_line(exc: BaseException) -> str:
     type's name when it has no message: what one-line errors quote."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def typed_line(exc: BaseException) -> str:
+    """An exception on one line for a message that wraps it: ``Type: first line`` (the
+    type alone when there is no message); an :class:`HpatkError`'s line without its type."""
+    line = first_line(exc) if str(exc).strip() else ""
+    if isinstance(exc, HpatkError):
+        return line
+    return f"{type(exc).__name__}: {line}".rstrip(": ")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from hpatk.core.base import Synthesizer
 from hpatk.core.classes import CLASS_NAMES, NUM_CLASSES
-from hpatk.core.errors import HpatkError, RegistryError, first_line
+from hpatk.core.errors import HpatkError, RegistryError, typed_line
 
 GENERATOR_FORMAT = 2
 
@@ -32,9 +32,8 @@ def build_synthesizer(name: str, params: dict[str, Any] | None = None) -> Synthe
     except (HpatkError, RegistryError):
         raise
     except Exception as exc:
-        first = first_line(exc)
         raise HpatkError(f"synthesizer '{name}' {dict(params or {})}: "
-                         f"{type(exc).__name__}: {first}") from None
+                         f"{typed_line(exc)}") from None
     if not isinstance(synth, Synthesizer):
         raise HpatkError(f"synthesizer '{name}': its factory returned a "
                          f"{type(synth).__name__}, not an hpatk.core.Synthesizer")
@@ -124,9 +123,8 @@ def load_generator(path: str | os.PathLike[str], *, device: str | None = None
     except HpatkError:
         raise
     except Exception as exc:
-        first = first_line(exc)
         raise HpatkError(f"generator '{path}' does not fit synthesizer "
-                         f"'{ckpt['synthesizer']}': {type(exc).__name__}: {first}") from None
+                         f"'{ckpt['synthesizer']}': {typed_line(exc)}") from None
     return LoadedGenerator(synth, ckpt, path, file_sha256(path))
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from hpatk.core.base import Synthesizer
 from hpatk.core.classes import CLASS_NAMES
-from hpatk.core.errors import HpatkError, RegistryError, first_line
+from hpatk.core.errors import HpatkError, RegistryError, typed_line
 from hpatk.core.generator import (
     build_synthesizer,
     load_generator,
@@ -302,9 +302,8 @@ def fit_synthesizer(synth: Synthesizer, images: np.ndarray, labels: np.ndarray, 
     except (HpatkError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        first = first_line(exc)
-        raise HpatkError(f"synthesizer '{synth.name}' failed to fit: {type(exc).__name__}: "
-                         f"{first}") from exc
+        raise HpatkError(f"synthesizer '{synth.name}' failed to fit: "
+                         f"{typed_line(exc)}") from exc
     return dict(summary or {})
 
 

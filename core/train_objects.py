@@ -8,18 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hpatk.core.errors import HpatkError, first_line
+from hpatk.core.errors import HpatkError, typed_line
 from hpatk.core.registry import get_registry
 from hpatk.core.train_config import TrainConfig
 from torch import nn
-
-
-def typed_line(exc: BaseException) -> str:
-    """An exception on one line: its first line, with its type unless hpatk raised it."""
-    line = first_line(exc) if str(exc).strip() else ""
-    if isinstance(exc, HpatkError):
-        return line
-    return f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
 def shown_params(params: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hpatk.core.errors import HpatkError, first_line
+from hpatk.core.errors import HpatkError, first_line, typed_line
 from hpatk.core.io import file_sha256, is_write_error, make_dirs, write_error
 from hpatk.core.version import __version__
 from hpatk.export.metadata import METADATA_FORMAT, encode_metadata
@@ -309,7 +309,7 @@ def _trace(spec: ExportSpec, exporter: str, opset: int) -> onnx.ModelProto:
         raise
     except Exception as exc:
         raise HpatkError(f"the {exporter} exporter failed at opset {opset}: "
-                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+                         f"{typed_line(exc)}") from exc
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -369,7 +369,7 @@ def _build_classifier(ckpt: dict[str, Any]) -> torch.nn.Module:
         raise
     except Exception as exc:
         raise HpatkError(f"cannot rebuild the classifier from the checkpoint: "
-                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+                         f"{typed_line(exc)}") from exc
 
 
 def classifier_graph(model: torch.nn.Module, mean: list[float], std: list[float],
@@ -502,7 +502,7 @@ def generator_spec(ckpt: dict[str, Any], options: ExportOptions) -> ExportSpec:
         raise
     except Exception as exc:
         raise HpatkError(f"cannot rebuild synthesizer '{name}' from the checkpoint: "
-                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+                         f"{typed_line(exc)}") from exc
     size = synth.image_size
     if options.size not in (None, size):
         raise HpatkError(f"--size: a generator's size is fixed by its checkpoint ({size} px)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, typed_line
 
 QUANTIZE = ("int8",)
 # Ops whose int8 kernels ORT fuses; Gemm/MatMul (the head) and Sigmoid stay float.
@@ -118,9 +118,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, input_name: str) -> 
     except HpatkError:
         raise
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise HpatkError(f"int8 quantization failed: {type(exc).__name__}: "
-                         f"{text[0] if text else ''}") from exc
+        raise HpatkError(f"int8 quantization failed: {typed_line(exc)}") from exc
     finally:
         pre.unlink(missing_ok=True)
     return {"method": "static QDQ, per-channel int8 weights, uint8 activations (MinMax), "

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hpatk.core.classes import STAINS
 from hpatk.core.device import amp_setup, resolve_device
-from hpatk.core.errors import HpatkError
+from hpatk.core.errors import HpatkError, first_line, typed_line
 from hpatk.core.io import current_umask, file_sha256
 from hpatk.core.picture import composite
 
@@ -120,3 +120,12 @@ def test_cache_defaults_are_decided_once():
         assert params["size"].default == DEFAULT_SIZE
     options = {p.name: p.default for p in cache_group.commands["build"].params}
     assert options["enhance"] == DEFAULT_ENHANCE and options["size"] == DEFAULT_SIZE
+
+
+def test_first_line_and_typed_line():
+    assert first_line(ValueError("bad value\nmore detail")) == "bad value"
+    assert first_line(ValueError("  ")) == "ValueError"
+    assert first_line(OSError("x" * 400)) == "x" * 300
+    assert typed_line(ValueError("bad value\nmore detail")) == "ValueError: bad value"
+    assert typed_line(RuntimeError()) == "RuntimeError"  # no message: the type alone
+    assert typed_line(HpatkError("one clear line")) == "one clear line"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpatk.core.errors import HpatkError, RegistryError
+from hpatk.core.errors import HpatkError, RegistryError, typed_line
 from hpatk.plugins.backbones.heads import attach_head, resolve_head
 from torch import nn
 
@@ -39,13 +39,6 @@ def pretrained_source(pretrained: str | bool | None) -> tuple[str, str | None]:
     return "hub", text
 
 
-def _first_line(exc: BaseException, limit: int = 240) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    line = line if len(line) <= limit else line[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {line}".rstrip(": ")
-
-
 def build_with_pretrained(build: Callable[..., nn.Module], model_name: str,
                           pretrained: str | bool | None, **kwargs: Any) -> nn.Module:
     """Call ``build(pretrained=bool, [pretrained_cfg_overlay=...], **kwargs)`` (timm style),
@@ -64,10 +57,10 @@ def build_with_pretrained(build: Callable[..., nn.Module], model_name: str,
     except Exception as exc:  # any loader failure becomes one line naming the weights
         if kind == "file":
             raise HpatkError(f"--pretrained: cannot load weights file '{where}' into "
-                             f"{model_name}: {_first_line(exc)}") from exc
+                             f"{model_name}: {typed_line(exc)}") from exc
         what = "its default weights" if kind == "default" else f"weights '{where}'"
         raise HpatkError(f"--pretrained: cannot get {what} for {model_name} from the hub "
-                         f"(offline?): {_first_line(exc)}; pass a local weights file "
+                         f"(offline?): {typed_line(exc)}; pass a local weights file "
                          f"instead") from exc
 
 
@@ -102,7 +95,7 @@ def create_timm_backbone(timm_name: str, num_classes: int, in_chans: int = 4,
                 raise RegistryError(f"timm has no model '{timm_name}'") from exc
             raise
         except TypeError as exc:  # an option the model does not take
-            raise HpatkError(f"backbone '{backbone}': {_first_line(exc)}") from exc
+            raise HpatkError(f"backbone '{backbone}': {typed_line(exc)}") from exc
 
     model = build_with_pretrained(build, backbone, pretrained, num_classes=num_classes,
                                   in_chans=in_chans, **kw)

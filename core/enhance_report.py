@@ -42,6 +42,16 @@ SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
 # -- metrics ----------------------------------------------------------------------------
+def _check_ssim_pair(x: tuple[int, ...], y: tuple[int, ...], what: str) -> None:
+    """Raise HpatkError unless shapes ``x`` and ``y`` are one (N, H, W) of at least the
+    SSIM window."""
+    if x != y or len(x) != 3:
+        raise HpatkError(f"ssim expects two (N, H, W) {what} of one shape, got {x} and {y}")
+    if min(x[-2:]) < SSIM_WINDOW:
+        raise HpatkError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, "
+                         f"got {x[-1]}x{x[-2]}")
+
+
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
     """Mean SSIM of each plane pair (Gaussian window 11 / sigma 1.5, "valid" region).
 
@@ -59,12 +69,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.T
     import torch
     from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 
-    if x.shape != y.shape or x.ndim != 3:
-        raise HpatkError(f"ssim expects two (N, H, W) tensors of one shape, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
-    if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise HpatkError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, "
-                         f"got {x.shape[-1]}x{x.shape[-2]}")
+    _check_ssim_pair(tuple(x.shape), tuple(y.shape), "tensors")
     n = x.shape[0]
     kernel = get_gaussian_kernel1d(SSIM_WINDOW, SSIM_SIGMA, device=x.device, dtype=x.dtype)
     kernel = kernel.reshape(1, SSIM_WINDOW)
@@ -87,12 +92,7 @@ def ssim_cpu(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndar
     import cv2
     import numpy as np
 
-    if x.shape != y.shape or x.ndim != 3:
-        raise HpatkError(f"ssim expects two (N, H, W) arrays of one shape, got {x.shape} and "
-                         f"{y.shape}")
-    if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise HpatkError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, "
-                         f"got {x.shape[-1]}x{x.shape[-2]}")
+    _check_ssim_pair(tuple(x.shape), tuple(y.shape), "arrays")
     kernel = cv2.getGaussianKernel(SSIM_WINDOW, SSIM_SIGMA, cv2.CV_64F)
     r = SSIM_WINDOW // 2
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2

@@ -39,6 +39,15 @@ def pair(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b.astype(np.uint8)
 
 
+def test_ssim_refuses_unequal_shapes_and_images_below_its_window():
+    for f, zeros in ((ssim, torch.zeros), (ssim_cpu, np.zeros)):
+        with pytest.raises(HpatkError, match=r"two \(N, H, W\) \w+ of one shape, got "
+                                             r"\(2, 16, 16\) and \(2, 16, 17\)"):
+            f(zeros((2, 16, 16)), zeros((2, 16, 17)))
+        with pytest.raises(HpatkError, match="at least 11x11 pixels, got 8x10"):
+            f(zeros((1, 10, 8)), zeros((1, 10, 8)))
+
+
 class TestMetrics:
     @pytest.mark.parametrize("shape", [(4, 64, 64), (1, 23, 41), (3, 11, 30)])
     def test_ssim_matches_skimage(self, device, shape):

@@ -12,18 +12,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
-
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from click.testing import CliRunner  # noqa: E402
-from hpatk.cli.main import cli  # noqa: E402
-from hpatk.core import __version__, get_registry  # noqa: E402
-from hpatk.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from hpatk.core.classes import CLASS_NAMES, STAINS, TOP5  # noqa: E402
-from hpatk.core.errors import HpatkError  # noqa: E402
+import torch
+from click.testing import CliRunner
+from hpatk.cli.main import cli
+from hpatk.core import __version__, get_registry
+from hpatk.core.checkpoint import load_checkpoint, save_checkpoint
+from hpatk.core.classes import CLASS_NAMES, STAINS, TOP5
+from hpatk.core.errors import HpatkError
 
 MEAN = [0.08, 0.05, 0.06, 0.09]
 STD = [0.11, 0.08, 0.09, 0.12]
@@ -222,7 +220,6 @@ def test_export_logits_at_another_size_top5(tmp_path):
 
 def test_export_dynamo(tmp_path):
     """The torch.export-based exporter: opset 18, one self-contained file."""
-    pytest.importorskip("onnxscript")
     from hpatk.export import export_checkpoint, read_metadata
 
     ckpt = classifier_ckpt(tmp_path / "ck.pt", size=32)
@@ -339,7 +336,6 @@ class _UpsamplingPool(torch.nn.Module):
 
 
 def test_auto_exporter_falls_back_to_dynamo(tmp_path, monkeypatch):
-    pytest.importorskip("onnxscript")
     from hpatk.export import export_checkpoint, read_metadata
 
     classifier_ckpt(tmp_path / "ck.pt", size=24)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
-
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from hpatk.core.errors import HpatkError  # noqa: E402
-from hpatk.export.metadata import PREFIX  # noqa: E402
-from test_onnx_export import ENHANCE, images01, shared_export, torch_outputs  # noqa: E402
+import torch
+from hpatk.core.errors import HpatkError
+from hpatk.export.metadata import PREFIX
+from test_onnx_export import ENHANCE, images01, shared_export, torch_outputs
 
 SIZE = 32
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

@@ -7,15 +7,13 @@ import csv
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
-
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
-
-from click.testing import CliRunner  # noqa: E402
-from helpers import invoke  # noqa: E402
-from hpatk.cli.main import cli  # noqa: E402
-from test_onnx_export import ENHANCE, generator_ckpt, shared_export  # noqa: E402
+import torch
+from click.testing import CliRunner
+from helpers import invoke
+from hpatk.cli.main import cli
+from test_onnx_export import ENHANCE, generator_ckpt, shared_export
 
 SIZE = 32  # the model's input; the dataset's PNGs are 64 px
 

@@ -17,20 +17,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-from click.testing import CliRunner  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from hpatk.cli.main import cli  # noqa: E402
-from hpatk.core.data import SampleRef, load_stains  # noqa: E402
-from hpatk.export.runtime import OnnxClassifier  # noqa: E402
-from hpatk.export.serve import Batcher, ServeOptions, create_app  # noqa: E402
-from test_onnx_export import shared_export  # noqa: E402
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from hpatk.cli.main import cli
+from hpatk.core.data import SampleRef, load_stains
+from hpatk.export.runtime import OnnxClassifier
+from hpatk.export.serve import Batcher, ServeOptions, create_app
+from test_onnx_export import shared_export
 
 STAINS = ("green", "red", "blue", "yellow")
 

@@ -105,7 +105,6 @@ def test_threads_option_applies_and_validates(clean_threads, tmp_path):
 
 
 def test_onnx_session_uses_the_thread_count(clean_threads):
-    pytest.importorskip("onnxruntime")
     from hpatk.export.runtime import session_options
 
     threads.configure_threads(1)

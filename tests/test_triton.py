@@ -8,16 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-
-from click.testing import CliRunner  # noqa: E402
-from hpatk.cli.main import cli  # noqa: E402
-from hpatk.export.runtime import read_metadata  # noqa: E402
-from hpatk.export.triton import triton_config, write_triton_repo  # noqa: E402
-from test_onnx_export import shared_export  # noqa: E402
+from click.testing import CliRunner
+from hpatk.cli.main import cli
+from hpatk.export.runtime import read_metadata
+from hpatk.export.triton import triton_config, write_triton_repo
+from test_onnx_export import shared_export
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,24 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _same_global_rngs_for_every_test():
+    """Every test starts from the same global RNG states, whatever ran before it: an
+    unseeded ``torch.rand`` in a test gives the same input under xdist's changing test
+    order as in a run of the test alone. torch is seeded only once loaded (it starts from
+    a fixed seed when imported later)."""
+    import random
+    import sys
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in the Kaggle layout (96 images, 64 px, seed 0)."""

@@ -253,10 +253,44 @@ def _gan_section(facts: DemoFacts) -> list[Block]:
                 b.append(("img", fakes[-1], "GAN samples"))
             if (folder / "losses.png").is_file():
                 b.append(("img", folder / "losses.png", "GAN losses"))
-    for name in ("gan_quality.md", "quality.md"):  # `hpatk gan evaluate`'s table, if any
-        for table in sorted(out.glob(f"**/{name}")):
-            b.append(("code", table.read_text(encoding="utf-8").strip()))
+    b += _quality_blocks(facts)
     return b
+
+
+def _quality_blocks(facts: DemoFacts) -> list[Block]:
+    """``hpatk gan evaluate``'s numbers (its ``evaluation.csv``), one row per class."""
+    out = facts.out
+    b: list[Block] = []
+    for records in sorted(out.glob("**/evaluation.csv")):
+        rows = _read_csv(records)
+        if not rows or "gan_train" not in rows[0]:
+            continue
+        step = _step(facts, "gan", "evaluate")
+        how = f" (`{step.command}`, {step.seconds:.0f} s)" if step else ""
+        b.append(("p", f"Sample quality{how}; `{_rel(records.parent, out)}/evaluation.md` "
+                       f"explains each measure. GAN-train: a small CNN trained on the samples, "
+                       f"scored on held-out real images (near real-on-real: the samples "
+                       f"carry what a classifier needs); GAN-test: the real-trained CNN scored "
+                       f"on the samples (near real-on-real: they look like their class); FD: "
+                       f"Fréchet distance of that CNN's features, samples vs real training "
+                       f"images, beside the real-vs-real floor; precision/recall: share of "
+                       f"samples inside the real images' manifold and of real images inside "
+                       f"the samples'; copies: share of samples nearer to a training image "
+                       f"than held-out real images are."))
+        b.append(("table", ["class", "real-on-real", "GAN-train", "GAN-test", "chance",
+                            "FD (real floor)", "precision", "recall", "copies"],
+                  [[r["class"], _num(r["real_on_real"]), _num(r["gan_train"]),
+                    _num(r["gan_test"]), _num(r["chance"]),
+                    f"{_num(r['fd'], 1)} ({_num(r['fd_real'], 1)})", _num(r["precision"]),
+                    _num(r["recall"]), _num(r.get("copies_features", ""))] for r in rows]))
+    return b
+
+
+def _num(text: str, digits: int = 3) -> str:
+    try:
+        return f"{float(text):.{digits}f}"
+    except ValueError:
+        return text or "n/a"
 
 
 # -- rendering --------------------------------------------------------------------------

@@ -96,6 +96,30 @@ def test_the_runs_synthetic_grids_come_first(demo_folder):
     assert "| 0 | Nucleoplasm | dcgan | 30 | 200 | fitted | 12.5 |" in md
 
 
+def test_gan_quality_numbers_are_in_the_report(demo_folder):
+    from hpatk.core.gan_evaluate import COLUMNS
+
+    ev = demo_folder.out / "gan-eval"
+    ev.mkdir()
+    values = dict.fromkeys(COLUMNS, "")
+    values.update({"real_on_real": "0.9", "gan_train": "0.71234", "gan_test": "0.5",
+                   "chance": "0.54", "fd": "12.345", "fd_real": "1.1", "precision": "0.25",
+                   "recall": "0.125", "copies_features": "0"})
+    head = ["fold", "synthesizer", *COLUMNS]
+    rows = [dict(values, fold="0", synthesizer="dcgan", **{"class": c})
+            for c in ("all", "Nucleoplasm")]
+    (ev / "evaluation.csv").write_text(
+        ",".join(head) + "\n" + "".join(",".join(str(r[h]) for h in head) + "\n"
+                                        for r in rows))
+    demo_folder.steps.append(StepRecord(["gan", "evaluate", "run", "--out", "gan-eval"], 9.0))
+    md = write_demo_report(demo_folder)[0].read_text()
+    gan = md.split("## 4.")[1].split("## 5.")[0]  # in the GAN section
+    assert "(`hpatk gan evaluate run --out gan-eval`, 9 s)" in gan
+    assert "| Nucleoplasm | 0.900 | 0.712 | 0.500 | 0.540 | 12.3 (1.1) | 0.250 | 0.125 | 0.000 |" \
+        in gan
+    assert "| all | 0.900 |" in gan
+
+
 def test_html_is_self_contained(demo_folder):
     _, html_path = write_demo_report(demo_folder)
     page = html_path.read_text()

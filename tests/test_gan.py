@@ -352,3 +352,48 @@ def test_stabilised_dcgan_fits_and_round_trips(synth_cache):
     again = reg.synthesizers.create("gan", **synth.params)
     again.load_state_dict(synth.state_dict())
     assert np.array_equal(again.sample(2, seed=3), synth.sample(2, seed=3))
+
+
+# --- the discriminator's optimiser (sgd = the paper; adam = opt-in) -------------------
+
+def test_d_optimizer_defaults_and_validation():
+    assert GanTrainConfig().d_optimizer == "sgd" and GanTrainConfig().d_lr == 0.005
+    adam = GanTrainConfig(d_optimizer="adam")
+    assert adam.d_lr == 2e-4 and adam.d_beta1 == 0.5
+    assert GanTrainConfig(d_optimizer="adam", d_lr=1e-3).d_lr == 1e-3
+    with pytest.raises(HpatkError, match="d_optimizer must be one of sgd, adam"):
+        GanTrainConfig(d_optimizer="rmsprop")
+    with pytest.raises(HpatkError, match="beta1"):
+        GanTrainConfig(d_optimizer="adam", d_beta1=1.0)
+    with pytest.raises(HpatkError, match="dcgan: d_optimizer"):
+        get_registry().synthesizers.create("gan", d_optimizer="Adamw")
+
+
+def test_adam_discriminator_is_built_and_resumes_exactly(synth_cache, tmp_path, monkeypatch):
+    """d_optimizer=adam: D gets Adam(d_lr, (d_beta1, 0.999)) and no SGD is built; a
+    resumed run matches an uninterrupted one (Adam's moments are checkpointed); a
+    ``last.pt`` of the other optimiser is refused, not half-loaded."""
+    images = _class_images(synth_cache, 0)
+    built = []
+    real_adam, real_sgd = torch.optim.Adam, torch.optim.SGD
+    monkeypatch.setattr(torch.optim, "Adam",
+                        lambda p, **kw: built.append(("adam", kw)) or real_adam(p, **kw))
+    monkeypatch.setattr(torch.optim, "SGD",
+                        lambda p, **kw: built.append(("sgd", kw)) or real_sgd(p, **kw))
+    kw = dict(d_optimizer="adam", d_lr=3e-4, d_beta1=0.4)
+    straight, h_straight = _run(images, 0, steps=6, **kw)
+    assert [b[0] for b in built] == ["adam", "adam"]
+    assert built[1][1] == {"lr": 3e-4, "betas": (0.4, 0.999)}
+    torch.manual_seed(0)
+    train_gan(DCGAN(channels=4, image_size=16, width=2), images,
+              _tiny_cfg(steps=3, checkpoint_every=3, **kw), out_dir=tmp_path)
+    torch.manual_seed(5)
+    gan2 = DCGAN(channels=4, image_size=16, width=2)
+    h = train_gan(gan2, images, _tiny_cfg(steps=6, checkpoint_every=3, **kw),
+                  out_dir=tmp_path, resume=True).history
+    assert h == h_straight
+    for a, b in zip(straight.state_dict().values(), gan2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(HpatkError, match="d_optimizer=adam, this run asks for sgd"):
+        train_gan(DCGAN(channels=4, image_size=16, width=2), images,
+                  _tiny_cfg(steps=8), out_dir=tmp_path, resume=True)

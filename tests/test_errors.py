@@ -128,9 +128,6 @@ def tiny_run(synth_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported_model():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_onnx_export import shared_export
 
     _, res, d = shared_export()

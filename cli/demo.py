@@ -44,7 +44,7 @@ def _tidy(out: Path) -> None:
             lock.unlink(missing_ok=True)
 
 
-def _score_submission(submission: Path, data: Path, classes: list[int]) -> dict[str, Any]:
+def score_submission(submission: Path, data: Path, classes: list[int]) -> dict[str, Any]:
     """Macro/micro F1 of a Kaggle submission against the synthetic test answers
     (``data/test_labels.csv``) over ``classes``, beside the trivial predictors built from
     ``data/train.csv`` (:func:`hpatk.core.metrics.trivial_predictions`) on the same images."""
@@ -161,7 +161,7 @@ def demo(out: Path, n: int, size: int | None, epochs: int, backbone: str, gan: b
         _run(i, len(records), record)
     from hpatk.core.classes import TOP5
 
-    score = _score_submission(submission, data, list(TOP5))
+    score = score_submission(submission, data, list(TOP5))
     total = time.monotonic() - start
     _tidy(out)
     facts = DemoFacts(out, records, score, total, settings={

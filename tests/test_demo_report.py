@@ -155,7 +155,7 @@ def test_capture_keeps_lines_not_bar_updates(capsys):
 def test_demo_scores_the_submission_beside_the_trivial_predictors(tmp_path):
     """The demo's score against scikit-learn's F1, on a hand-made answer key: images with
     none of the model's classes are left out, the trivial predictors come from train.csv."""
-    from hpatk.cli.demo import _score_submission
+    from hpatk.cli.demo import score_submission
     from sklearn.metrics import f1_score
 
     def write(name, column, rows):
@@ -165,7 +165,7 @@ def test_demo_scores_the_submission_beside_the_trivial_predictors(tmp_path):
     write("train.csv", "Target", [("a", "0"), ("b", "0 2"), ("c", "2"), ("d", "0 5")])
     write("test_labels.csv", "Target", [("t1", "0"), ("t2", "2"), ("t3", "5"), ("t4", "0 2")])
     write("sub.csv", "Predicted", [("t1", "0"), ("t2", "0"), ("t3", "2"), ("t4", "0 2")])
-    score = _score_submission(tmp_path / "sub.csv", tmp_path, [0, 2])
+    score = score_submission(tmp_path / "sub.csv", tmp_path, [0, 2])
     y = np.array([[1, 0], [0, 1], [1, 1]])  # t3 carries neither class 0 nor 2: left out
     p = np.array([[1, 0], [1, 0], [1, 1]])
     assert score["images"] == 3

@@ -11,17 +11,15 @@ import io
 import json
 import logging
 import re
-import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from helpers import serving
 from hpatk.cli.main import cli
 from hpatk.core.data import SampleRef, load_stains
 from hpatk.export.runtime import OnnxClassifier
@@ -84,30 +82,6 @@ def _ok(client, data):
     r = client.post("/v1/predict", files=_files(data, image_id))
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def serving_url(proc: subprocess.Popen, log: Path, deadline_s: float = 90) -> str:
-    """The base URL ``hpatk serve --port 0`` says it listens on (the port the server
-    bound itself: no free-port guess another process could take first), once /readyz
-    answers 200. ``deadline_s`` is a hang guard only."""
-    deadline = time.monotonic() + deadline_s
-    url = None
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"hpatk serve exited ({proc.returncode}): {log.read_text()}")
-        if url is None:
-            found = re.search(r"serving \S+ on (http://127\.0\.0\.1:[1-9][0-9]*)/",
-                              log.read_text())
-            url = found and found.group(1)
-        if url is not None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"hpatk serve not ready after {deadline_s} s: {log.read_text()}")
-        time.sleep(0.25)
 
 
 # -- the prediction ---------------------------------------------------------------------
@@ -288,7 +262,6 @@ def test_page_is_self_contained(client):
     for needle in ('id="predict"', 'id="labels"', 'id="chart"', 'id="composite"',
                    "/v1/predict", "/v1/metadata"):
         assert needle in html
-    import re
 
     # nothing fetched from elsewhere: every src/href and fetch() is local
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
@@ -461,23 +434,7 @@ def test_cli_serve_refuses_bad_model_and_busy_port(tmp_path, model_path):
 def test_cli_serve_port_0_says_the_port_it_listens_on(tmp_path, model_path, clf):
     """--port 0: the server binds a free port itself and prints it (a test or a script
     starting a server needs no free-port guess that another process could take first)."""
-    import sys
-
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hpatk.cli.main", "serve", str(model_path), "--port", "0",
-             "--provider", "cpu", "--threads", "1", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = serving_url(proc, log)
+    with serving(model_path, tmp_path / "serve.log") as url:
         assert not url.endswith(":0")
         meta = httpx.get(f"{url}/v1/metadata", timeout=60).json()  # this model's server
         assert meta["metadata"] == json.loads(json.dumps(clf.metadata))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -10,17 +10,15 @@ import csv
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from helpers import serving
 from hpatk.cli.main import cli
 from playwright import sync_api
 from test_onnx_export import shared_export
-from test_serve import serving_url
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 STAINS = ("green", "red", "blue", "yellow")
@@ -52,21 +50,8 @@ def live_server(tmp_path_factory):
     (base url, model path)."""
     model = shared_export(32)[1].path
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from hpatk.cli.main import main; main()", "serve",
-             str(model), "--host", "127.0.0.1", "--port", "0", "--provider", "cpu",
-             "--threads", "1", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield serving_url(proc, log), model
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving(model, log) as url:
+        yield url, model
 
 
 @pytest.fixture(scope="module")

@@ -313,9 +313,11 @@ def test_ctrl_c_ends_within_seconds_without_traceback(slow_data, tmp_path, comma
                       "--backbone", TINY, "--epochs", 50, "--out", tmp_path / "run"]}[command]
     code, out, took = _interrupt(args, when, tmp_path)
     assert code == 1 and "Aborted!" in out and "Traceback" not in out, out
-    assert took < 15, f"{took:.1f} s from Ctrl-C to exit"
-    assert _temps(tmp_path) == [] and not (tmp_path / "c.h5").exists()
-    assert not (tmp_path / "d").exists()
+    # measured 0.05-0.2 s from the signal to the exit (idle, beside 2-3 CPU hogs, under
+    # xdist): 15 s leaves a 5x slower machine a wide margin; a hang fails at 30 s above
+    assert took < 15, f"{took:.1f} s from Ctrl-C to exit:\n{out}"
+    assert _temps(tmp_path) == [] and not (tmp_path / "c.h5").exists(), out
+    assert not (tmp_path / "d").exists(), out
 
 
 # -- 7. temporaries of killed runs --------------------------------------------------------

@@ -104,7 +104,8 @@ class DCGANSynthesizer(Synthesizer):
         result = train_gan(self.gan, images, cfg, out_dir=out_dir, resume=resume,
                            labels=None if self.per_class else labels,
                            meta={"stains": list(stains or []), "classes": list(classes)},
-                           desc=f"dcgan class {name}" if progress else "")
+                           desc=f"{self.name} class{'es' if len(classes) > 1 else ''} {name}"
+                           if progress else "")
         self.gan.eval()
         last = result.history[-1] if result.history else {}
         return {"steps": int(cfg.steps), "images": int(len(images)),

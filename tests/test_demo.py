@@ -42,7 +42,7 @@ def test_the_demo_measures_its_gan_with_gan_evaluate(tmp_path, monkeypatch):
     def stop(*args, **kwargs):
         raise _Stop  # every step was listed (and "run") by now
 
-    monkeypatch.setattr(demo, "_score_submission", stop)
+    monkeypatch.setattr(demo, "score_submission", stop)
     for flag, expected in (("--gan", True), ("--no-gan", False)):
         ran.clear()
         with pytest.raises(_Stop):

@@ -123,6 +123,13 @@ def top5_dataset(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
+@pytest.fixture(scope="session")
+def small_cache(top5_dataset) -> Path:
+    """The cache of 40 top-5 images at 32 px (seed 1): for tests of mechanics, not of
+    learning (test_train, test_distributed)."""
+    return top5_dataset(n=40, size=32, seed=1)[1]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: one torch thread ran 4-10x faster than two.

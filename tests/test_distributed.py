@@ -104,12 +104,6 @@ def common(cache: Path) -> list[object]:
 
 
 @pytest.fixture(scope="module")
-def small_cache(top5_dataset) -> Path:
-    """40 images at 32 px: mechanics, not learning."""
-    return top5_dataset(n=40, size=32, seed=1)[1]
-
-
-@pytest.fixture(scope="module")
 def ddp_run(small_cache, tmp_path_factory) -> tuple[Path, Path, str]:
     """A 2-epoch run of 2 processes: (run folder, folder of the ranks' models, output)."""
     tmp = tmp_path_factory.mktemp("ddp-run")

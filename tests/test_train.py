@@ -29,12 +29,6 @@ def top5_cache(top5_dataset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_cache(top5_dataset) -> Path:
-    """40 images at 32 px: for tests of mechanics, not of learning."""
-    return top5_dataset(n=40, size=32, seed=1)[1]
-
-
-@pytest.fixture(scope="module")
 def learned_run(top5_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "learn"
     # no augmentation: 6 epochs on CPU are enough to learn the five green patterns

@@ -238,8 +238,13 @@ def _gan_section(facts: DemoFacts) -> list[Block]:
             cols = [c for c in ("class", "name", "synthesizer", "train_images", "samples",
                                 "source", "seconds") if rows and c in rows[0]]
             if rows and cols:
-                b.append(("p", f"Generators (`{_rel(records, out)}`): the training images each "
-                               f"was fitted on, the samples it added, fitted or reused."))
+                text = (f"Generators (`{_rel(records, out)}`): the training images each "
+                        f"was fitted on, the samples it added, fitted or reused.")
+                shared = {r.get("generator") for r in rows}
+                if len(rows) > 1 and len(shared) == 1 and None not in shared:
+                    text += (f" One generator made all {len(rows)} classes: its one fit's "
+                             f"seconds show on every row, spent once.")
+                b.append(("p", text))
                 b.append(("table", cols, [[r[c] for c in cols] for r in rows]))
     else:
         for path in real:

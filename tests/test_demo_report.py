@@ -94,6 +94,17 @@ def test_the_runs_synthetic_grids_come_first(demo_folder):
     assert "run/synthetic/class_00.png" in md and "run/synthetic/class_25.png" in md
     assert "samples_real.png" not in md  # the run's grids replace the per-step ones
     assert "| 0 | Nucleoplasm | dcgan | 30 | 200 | fitted | 12.5 |" in md
+    assert "One generator made all" not in md  # one row: nothing shared to explain
+
+
+def test_a_conditional_generators_time_is_said_once_spent(demo_folder):
+    run = demo_folder.out / "run"
+    (run / "synthetic.csv").write_text(
+        "fold,class,name,synthesizer,key,train_images,samples,source,seconds,generator\n"
+        "0,0,Nucleoplasm,cdcgan,k,30,200,fitted,289.0,g.pt\n"
+        "0,25,Cytosol,cdcgan,k,20,200,fitted,289.0,g.pt\n")
+    md = write_demo_report(demo_folder)[0].read_text()
+    assert "One generator made all 2 classes: its one fit's seconds show on every row" in md
 
 
 def test_gan_quality_numbers_are_in_the_report(demo_folder):

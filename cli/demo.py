@@ -59,6 +59,7 @@ def score_submission(submission: Path, data: Path, classes: list[int]) -> dict[s
     (``data/test_labels.csv``) over ``classes``, beside the trivial predictors built from
     ``data/train.csv`` (:func:`hpatk.core.metrics.trivial_predictions`) on the same images."""
     import numpy as np
+    from hpatk.core.classes import CLASS_NAMES
     from hpatk.core.metrics import macro_f1, micro_f1, trivial_predictions
 
     def read(path: Path, column: str) -> dict[str, set[int]]:
@@ -80,7 +81,8 @@ def score_submission(submission: Path, data: Path, classes: list[int]) -> dict[s
         return {"macro_f1": float(macro_f1(y_true, pred)),
                 "micro_f1": float(micro_f1(y_true, pred))}
 
-    baselines = {name: f1s(p) for name, p in trivial_predictions(train, len(y_true)).items()}
+    baselines = {name: f1s(p) for name, p in trivial_predictions(
+        train, len(y_true), [f"{CLASS_NAMES[c]} ({c})" for c in classes]).items()}
     return {"images": int(keep.sum()), **f1s(y_pred), "baselines": baselines}
 
 

@@ -24,6 +24,8 @@ Kaggle 28-class figure when the model predicts all 28).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = [
@@ -158,10 +160,12 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, zero_division: float = 0.0)
     return float(_sk_f1(y_true, y_pred, "micro", None, zero_division))
 
 
-def trivial_predictions(train_targets: np.ndarray, n: int) -> dict[str, np.ndarray]:
+def trivial_predictions(train_targets: np.ndarray, n: int,
+                        names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The predictors a classifier must beat, for ``n`` images, knowing only the training
     labels: every class on every image (what maximises F1 with no information when a
-    class is rare) and the most frequent training class on every image.
+    class is rare) and the most frequent training class on every image (named by
+    ``names[k]`` when given, else by its column).
 
     Shape:
         (M, K) training targets -> {name: (n, K) 0/1}.
@@ -172,8 +176,9 @@ def trivial_predictions(train_targets: np.ndarray, n: int) -> dict[str, np.ndarr
     top = int(np.argmax(t.sum(axis=0)))
     most = np.zeros((n, t.shape[1]), np.uint8)
     most[:, top] = 1
+    which = names[top] if names is not None else f"column {top}"
     return {"every class on every image": np.ones((n, t.shape[1]), np.uint8),
-            f"the most frequent training class (column {top}) on every image": most}
+            f"the most frequent training class, {which}, on every image": most}
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

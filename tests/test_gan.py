@@ -192,20 +192,26 @@ def test_determinism_for_a_seed(synth_cache):
     assert torch.equal(g1.sample_uint8(5, seed=9, batch_size=2), g1.sample_uint8(5, seed=9))
 
 
-def test_resume_continues_exactly(synth_cache, tmp_path):
-    images = _class_images(synth_cache, 0)
-    straight, h_straight = _run(images, 0, steps=6)
+def _assert_resume_matches_straight(images, straight, h_straight, out_dir, **kw):
+    """3 steps, then a resume to 6 from ``out_dir/last.pt`` under another caller RNG,
+    equal the uninterrupted 6-step run (``straight``, its history ``h_straight``)."""
     torch.manual_seed(0)
-    gan = DCGAN(channels=4, image_size=16, width=2)
-    train_gan(gan, images, _tiny_cfg(steps=3, checkpoint_every=3), out_dir=tmp_path)
+    train_gan(DCGAN(channels=4, image_size=16, width=2), images,
+              _tiny_cfg(steps=3, checkpoint_every=3, **kw), out_dir=out_dir)
     torch.manual_seed(123)  # resume must not depend on the caller's RNG
     gan2 = DCGAN(channels=4, image_size=16, width=2)
-    h = train_gan(gan2, images, _tiny_cfg(steps=6, checkpoint_every=3), out_dir=tmp_path,
+    h = train_gan(gan2, images, _tiny_cfg(steps=6, checkpoint_every=3, **kw), out_dir=out_dir,
                   resume=True).history
     assert [r["step"] for r in h] == list(range(1, 7))
     assert h == h_straight
     for a, b in zip(straight.state_dict().values(), gan2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_resume_continues_exactly(synth_cache, tmp_path):
+    images = _class_images(synth_cache, 0)
+    straight, h_straight = _run(images, 0, steps=6)
+    _assert_resume_matches_straight(images, straight, h_straight, tmp_path)
     with pytest.raises(HpatkError, match="cannot resume"):
         train_gan(DCGAN(channels=4, image_size=16, width=3), images,
                   _tiny_cfg(steps=8), out_dir=tmp_path, resume=True)
@@ -384,16 +390,7 @@ def test_adam_discriminator_is_built_and_resumes_exactly(synth_cache, tmp_path, 
     straight, h_straight = _run(images, 0, steps=6, **kw)
     assert [b[0] for b in built] == ["adam", "adam"]
     assert built[1][1] == {"lr": 3e-4, "betas": (0.4, 0.999)}
-    torch.manual_seed(0)
-    train_gan(DCGAN(channels=4, image_size=16, width=2), images,
-              _tiny_cfg(steps=3, checkpoint_every=3, **kw), out_dir=tmp_path)
-    torch.manual_seed(5)
-    gan2 = DCGAN(channels=4, image_size=16, width=2)
-    h = train_gan(gan2, images, _tiny_cfg(steps=6, checkpoint_every=3, **kw),
-                  out_dir=tmp_path, resume=True).history
-    assert h == h_straight
-    for a, b in zip(straight.state_dict().values(), gan2.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _assert_resume_matches_straight(images, straight, h_straight, tmp_path, **kw)
     with pytest.raises(HpatkError, match="d_optimizer=adam, this run asks for sgd"):
         train_gan(DCGAN(channels=4, image_size=16, width=2), images,
                   _tiny_cfg(steps=8), out_dir=tmp_path, resume=True)

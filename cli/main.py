@@ -117,16 +117,14 @@ def debug_enabled() -> bool:
 def unexpected_error_line(exc: BaseException, command: str = "") -> str:
     """One line for an exception no command turned into a message: an unwritable place
     or a full disk (any ``OSError`` naming its file), else the exception's first line."""
-    import errno
-
-    from hpatk.core.io import write_error
+    from hpatk.core.errors import first_line
+    from hpatk.core.io import is_writing_only_error, write_error
 
     if isinstance(exc, OSError) and exc.filename is not None:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR, errno.EROFS):
-            return str(write_error(exc, exc.filename))  # only writing meets these
+        if is_writing_only_error(exc):
+            return str(write_error(exc, exc.filename))
         return f"'{exc.filename}': {exc.strerror or exc}"
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
+    first = first_line(exc) if str(exc).strip() else ""
     where = f" in 'hpatk {command}'" if command else ""
     return (f"{type(exc).__name__}{where}: {first} (rerun with --traceback or HPATK_DEBUG=1 "
             f"for details)")

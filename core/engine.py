@@ -190,9 +190,14 @@ def prepare_run(cfg: TrainConfig, *, resume: bool = False,
     return PreparedRun(cfg, plan, info, resume)
 
 
+def _has_checkpoint(out: Path) -> bool:
+    """A run folder with a ``last.pt`` (its own, or a fold's with ``--fold all``)."""
+    return (out / "last.pt").exists() or any(out.glob("fold_*/last.pt"))
+
+
 def _check_fresh_out(out: Path) -> None:
     """Refuse a folder holding a run; say so when it holds one that never checkpointed."""
-    if (out / "last.pt").exists() or any(out.glob("fold_*/last.pt")):
+    if _has_checkpoint(out):
         raise HpatkError(f"--out '{out}' already holds a run; pass --resume to continue it "
                          f"or choose another folder")
     if (out / "config.yaml").exists():
@@ -252,7 +257,7 @@ def _resume_config(cfg: TrainConfig, out: Path, overrides: dict[str, Any]) -> Tr
 
     if not (out / "config.yaml").exists():
         raise HpatkError(f"--resume: '{out}' has no config.yaml; nothing to resume")
-    if not (out / "last.pt").exists() and not any(out.glob("fold_*/last.pt")):
+    if not _has_checkpoint(out):
         raise HpatkError(f"--resume: '{out}' has no last.pt (the run stopped before its first "
                          f"epoch ended); run it again without --resume to start it over")
     saved = read_config(out / "config.yaml")
@@ -527,12 +532,12 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
     f1_t = per_class_f1(y, pred_t)
     at_half = classification_metrics(res.targets, res.probs)
     tuned = predicted_metrics(y, pred_t)
-    val_ids = [st.plan.ids[r] for r in st.plan.split(st.fold)[1]]  # infer's order
+    train_rows, val_rows = st.plan.split(st.fold)
+    val_ids = [st.plan.ids[r] for r in val_rows]  # infer's order
     result = FoldResult(run_dir, st.fold, best, thr.tolist(), len(rows), val_ids,
                         res.probs.astype(np.float32), y)
     if not ddp.is_main():
         return result
-    train_rows = st.plan.split(st.fold)[0]
     expected = float(st.plan.labels[train_rows][:, st.classes].sum(1).mean())
     predicted = float(pred_t.sum(1).mean()) if len(pred_t) else 0.0
     warning = label_rate_warning(predicted, expected, " on the validation fold")
@@ -560,7 +565,7 @@ def _finish(st: _Fold, rows: list[dict[str, float]], best: dict[str, dict[str, A
                 "fold": f"{st.fold} of {cfg.folds}", "epochs": f"{len(rows)} of {cfg.epochs}",
                 "lr": cfg.lr, "batch": f"{cfg.batch_size} (x2 every {cfg.batch_double_every}, "
                 f"max {cfg.max_batch_size})", "device": str(st.device),
-                "train / val images": f"{len(st.plan.split(st.fold)[0])}"
+                "train / val images": f"{len(train_rows)}"
                 f"{f' + {st.n_synthetic} synthetic' if st.n_synthetic else ''} / {len(val_ds)}"}
     best_tuned = {**{f"{k}.pt": v for k, v in best.items()},
                   "best_macro_f1.pt, tuned thresholds": {

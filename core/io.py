@@ -44,6 +44,17 @@ def is_write_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _UNWRITABLE
 
 
+# the errors only writing meets (a read fails with ENOENT/EACCES/EISDIR too)
+_WRITING_ONLY = (errno.EEXIST, errno.ENOTDIR, errno.EROFS, *_NO_SPACE)
+
+
+def is_writing_only_error(exc: BaseException) -> bool:
+    """True for an ``OSError`` only a write can raise (a full disk, a read-only file
+    system, a file where a folder should be): one :func:`write_error` can describe
+    whatever raised it."""
+    return isinstance(exc, OSError) and exc.errno in _WRITING_ONLY
+
+
 # room kept free for what a writer has buffered and its closing metadata
 FREE_SPACE_MARGIN = 1 << 20
 

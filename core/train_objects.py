@@ -49,6 +49,14 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
                          f"'{cfg.loss}' refuses them: {typed_line(exc)}") from exc
 
 
+def _batch_aug_option(cfg: TrainConfig, choice: Any) -> str:
+    """The option behind the batch augmentation, for messages: ``--aug-param ...`` when
+    ``--aug`` names it, ``--batch-aug NAME`` when ``--aug`` names a synthesizer."""
+    if choice.synth is None:
+        return f"{cfg.where('aug_params')} {shown_params(choice.batch_params)}"
+    return f"{cfg.where('batch_aug')} {choice.batch}"
+
+
 def build_augment(cfg: TrainConfig) -> nn.Module | None:
     """The batch augmentation module: ``--aug`` when it names one, ``--batch-aug`` when
     ``--aug`` names a synthesizer (its images join the training set; the batches are
@@ -61,9 +69,8 @@ def build_augment(cfg: TrainConfig) -> nn.Module | None:
     try:
         aug = get_registry().augmentations.create(choice.batch, **choice.batch_params)
     except Exception as exc:
-        raise HpatkError(f"{cfg.where('aug_params')} {shown_params(choice.batch_params)}: "
-                         f"augmentation '{choice.batch}' refuses them: {typed_line(exc)}"
-                         ) from exc
+        raise HpatkError(f"{_batch_aug_option(cfg, choice)}: augmentation '{choice.batch}' "
+                         f"refuses its parameters: {typed_line(exc)}") from exc
     if not isinstance(aug, nn.Module):
         raise HpatkError(f"--aug {choice.batch}: not a batch augmentation (nn.Module)")
     return aug
@@ -138,9 +145,12 @@ def check_objects(cfg: TrainConfig, model: nn.Module, loss_fn: nn.Module,
             with torch.no_grad():
                 augment(x.clone())
         except Exception as exc:
-            raise HpatkError(f"{cfg.where('aug_params')} {shown_params(cfg.aug_params)}: "
-                             f"augmentation '{cfg.aug}' fails on a test batch: "
-                             f"{typed_line(exc)}") from exc
+            from hpatk.core.synthetic import resolve_aug
+
+            choice = resolve_aug(cfg.aug, cfg.aug_params, cfg.batch_aug)
+            raise HpatkError(f"{_batch_aug_option(cfg, choice)}: augmentation "
+                             f"'{choice.batch}' fails on a test batch: {typed_line(exc)}"
+                             ) from exc
     model.train()
     try:
         with torch.no_grad():

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from hpatk.core.errors import DataError, HpatkError
+from hpatk.core.errors import DataError, HpatkError, first_line
 
 if TYPE_CHECKING:
     from hpatk.export.runtime import OnnxClassifier
@@ -177,7 +177,7 @@ def read_array(data: bytes, field: str = ARRAY_FIELD) -> np.ndarray:
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # ValueError, OSError, zipfile errors, EOFError...
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason = first_line(exc)[:200]
         raise BadInput(422, f"not a readable .npy/.npz array ({reason})", field) from None
     if isinstance(loaded, np.ndarray):
         return loaded

@@ -6,6 +6,7 @@ import time
 
 import click
 from hpatk.core.threads import threads_option
+from hpatk.core.tta import TTA
 
 # Kept in sync with hpatk.export.runtime (not imported here: it pulls numpy/onnxruntime).
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
@@ -16,7 +17,7 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The .onnx file to write (replaced only when every check passes); "
                    "required unless CHECKPOINT is an exported .onnx and --triton-repo is given.")
-@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+@click.option("--tta", type=click.Choice(TTA), default="none", show_default=True,
               help="Classifiers and runs: bake test-time augmentation into the graph (flips: "
                    "the mean over the 4 horizontal/vertical flips).")
 @click.option("--opset", type=click.IntRange(7, 30), default=None,
@@ -172,7 +173,7 @@ def _write_triton(model: object, repo: str, name: str | None, max_batch: int) ->
               help="Fail when the requested cuda/tensorrt provider does not load.")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True,
               help="Images per ONNX Runtime call.")
-@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+@click.option("--tta", type=click.Choice(TTA), default="none", show_default=True,
               help="Test-time augmentation: flips averages the 4 horizontal/vertical flips.")
 @click.option("--probs", "probs_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-class probabilities (Id, then one column per class index).")

@@ -31,7 +31,6 @@ from hpatk.export.onnx import (
 if TYPE_CHECKING:
     import torch
 
-TTA_CHOICES = ("none", "flips")
 # what must agree between the members: they see the same input
 _SAME = ("classes", "stains", "size", "enhance")
 
@@ -42,10 +41,9 @@ def ensemble_module(members: list[torch.nn.Module], tta: str = "none") -> torch.
     Each member maps images in [0, 1] to probabilities (normalisation inside).
     """
     import torch
+    from hpatk.core.tta import tta_axes
 
-    if tta not in TTA_CHOICES:
-        raise HpatkError(f"--tta must be one of {', '.join(TTA_CHOICES)}, not '{tta}'")
-    flips: list[list[int]] = [[]] + ([[3], [2], [2, 3]] if tta == "flips" else [])
+    flips = [list(a) for a in tta_axes(tta)]  # the views predict/serve/evaluate average
 
     class EnsembleGraph(torch.nn.Module):
         """The mean of ``len(members) * len(flips)`` probability maps."""

@@ -488,8 +488,12 @@ class OnnxClassifier(OnnxModel):
         return out
 
     def probs_of(self, x: np.ndarray, *, tta: str = "none") -> np.ndarray:
-        """Probabilities of one prepared float32 batch (B, C, S, S)."""
+        """Probabilities of one prepared float32 batch (B, C, S, S). ``tta="flips"`` on a
+        model exported with the flips in its graph runs it once: the mean over the flips'
+        closed set is already its output."""
         axes = tta_axes(tta)
+        if self.metadata.get("tta") == "flips":
+            axes = ((),)
         total = None
         for a in axes:
             y = self.run(np.ascontiguousarray(np.flip(x, a) if a else x))

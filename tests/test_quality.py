@@ -180,6 +180,11 @@ def test_ensemble_onnx_equals_mean_of_fold_models(folds_run, top5_data, tmp_path
     # like any model: OnnxClassifier, hpatk predict and hpatk evaluate take it
     clf = OnnxClassifier(tmp_path / "e.onnx", provider="cpu")
     np.testing.assert_allclose(clf.predict_probs(x), ref, rtol=1e-3, atol=1e-5)
+    # --tta flips on a model with the flips in its graph runs it once, not four times
+    runs, run = [], clf.run
+    clf.run = lambda batch: runs.append(len(batch)) or run(batch)
+    np.testing.assert_allclose(clf.probs_of(x, tta="flips"), ref, rtol=1e-3, atol=1e-5)
+    assert runs == [7]
     folder = top5_data[0]
     invoke("predict", tmp_path / "e.onnx", folder, "--split", "train", "--provider", "cpu",
            "--out", tmp_path / "sub.csv", "--probs", tmp_path / "p.csv")

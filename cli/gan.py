@@ -122,7 +122,7 @@ def train(data: str, classes: tuple[str, ...], top: int | None, out: str, synth_
     allowed = np.arange(len(labels))
     part = ""
     if fold is not None:
-        fcls = parse_classes(fold_classes)
+        fcls = parse_classes(fold_classes, labels.sum(axis=0))  # as hpatk train does
         rows, folds_of = assign_folds(labels, ids, fcls, k=folds,
                                       seed=seed if fold_seed is None else fold_seed,
                                       folds_file=folds_file)
@@ -197,9 +197,11 @@ def _fit_all(plan: list[Any], name: str, options: dict[str, Any], cache: Path,
         summary = fit_synthesizer(synth, images, y, classes=targets, out_dir=run, seed=seed,
                                   stains=meta["stains"], resume=resume)
         train_ids = [ids[r] for r in rows]
+        # the key hpatk train --aug computes for this fit: from the parameters asked for,
+        # not those fit filled in (channels, image_size...), so it finds these samples
         key = generator_key(cache_fingerprint=str(meta.get("fingerprint", "")),
                             ids_sha256=ids_digest(train_ids), classes=targets,
-                            synthesizer=name, params=synth.params, seed=seed)
+                            synthesizer=name, params=probe.params, seed=seed)
         save_generator(run / "generator.pt", synth, name=name, classes=targets,
                        train_ids=train_ids, train_labels=y, stains=meta["stains"],
                        enhance=meta["enhance"], fold=fold, key=key,

@@ -95,6 +95,26 @@ def test_fold_training_uses_exactly_the_training_engines_rows(synth_cache, tmp_p
     assert ckpt["fold"] == 1
     assert ckpt["train_ids"] == sorted(plan.ids[i] for i in rows)
     assert not set(ckpt["train_ids"]) & {plan.ids[i] for i in val_rows}
+    # the key hpatk train --aug dcgan computes for the same fit (core.synthetic), so the
+    # samples gan sample --into adds are found and reused by it
+    from hpatk.core.cache import ids_digest, read_cache_meta
+    from hpatk.core.generator import build_synthesizer
+    from hpatk.core.synthetic import generator_key
+
+    asked = {"width": 1, "sample_every": 0, "image_size": 16, "steps": 1, "batch_size": 4,
+             "device": "cpu"}
+    assert ckpt["key"] == generator_key(
+        cache_fingerprint=str(read_cache_meta(synth_cache).get("fingerprint", "")),
+        ids_sha256=ids_digest(ckpt["train_ids"]), classes=[0], synthesizer="dcgan",
+        params=build_synthesizer("dcgan", asked).params, seed=2)
+
+
+def test_fold_classes_take_present_as_hpatk_train_does(synth_cache, tmp_path):
+    """--fold-classes present: the classes with enough images, from the cache's counts."""
+    r = _invoke("gan", "train", "--data", synth_cache, "--class", "0", "--out", tmp_path,
+                "--fold", "0", "--folds", "3", "--fold-classes", "present:1", *MINI)
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "class_00" / "generator.pt")["fold"] == 0
 
 
 @pytest.mark.slow

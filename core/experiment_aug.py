@@ -84,7 +84,7 @@ def run_aug_experiment(base: TrainConfig, augs: list[str], out: str | os.PathLik
                      key=lambda r: (order[(r["fold"], r["aug"])], SPLITS.index(r["split"])))
     if ddp.is_main():
         write_results(out, results)
-        write_tables(out, results, arms)
+        write_tables(out, results, arms, base.batch_aug)
     return results
 
 
@@ -167,7 +167,7 @@ def summarise(results: list[dict[str, Any]], arms: list[str]) -> tuple[list[dict
     return table, diffs
 
 
-def arm_label(aug: str, batch_aug: str = "classic") -> str:
+def arm_label(aug: str, batch_aug: str) -> str:
     """What an arm trains with: ``classic``, ``classic + gan`` (a synthesizer with its batch
     augmentation), ``none (no augmentation)``, or a batch augmentation's name."""
     from hpatk.core.synthetic import resolve_aug
@@ -178,8 +178,10 @@ def arm_label(aug: str, batch_aug: str = "classic") -> str:
     return choice.batch or "none (no augmentation)"
 
 
-def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> dict[str, Path]:
-    """``table.md``, ``table.csv``, ``differences.csv`` and ``table.png``."""
+def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str],
+                 batch_aug: str) -> dict[str, Path]:
+    """``table.md``, ``table.csv``, ``differences.csv`` and ``table.png``; ``batch_aug``:
+    the runs' ``--batch-aug``, for the arms' labels."""
     table, diffs = summarise(results, arms)
     cols = ["aug", "folds"] + [f"{s}_{k}_{x}" for s in SPLITS for k in METRICS
                                for x in ("mean", "sd")]
@@ -207,7 +209,7 @@ def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> d
     for r in table:
         cells = [f"{r[f'{s}_{k}_mean']:.3f} +- {r[f'{s}_{k}_sd']:.3f}"
                  for k in METRICS for s in SPLITS]
-        name = arm_label(r["aug"])
+        name = arm_label(r["aug"], batch_aug)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired difference to classic, per fold", "",
               "Mean of (arm - classic) over the folds, 95% paired-t interval over folds "
@@ -222,12 +224,12 @@ def write_tables(out: Path, results: list[dict[str, Any]], arms: list[str]) -> d
                      f"{d['mean']:+.3f} | {ci} | {d['p']:.3g} |")
     with atomic_open(out / "table.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    _plot(out / "table.png", table)
+    _plot(out / "table.png", table, batch_aug)
     return {"md": out / "table.md", "csv": out / "table.csv",
             "differences": out / "differences.csv", "png": out / "table.png"}
 
 
-def _plot(path: Path, table: list[dict[str, Any]]) -> None:
+def _plot(path: Path, table: list[dict[str, Any]], batch_aug: str) -> None:
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
@@ -237,7 +239,7 @@ def _plot(path: Path, table: list[dict[str, Any]]) -> None:
         for j, r in enumerate(table):
             mean = [r[f"{split}_{k}_mean"] for k in METRICS]
             sd = [r[f"{split}_{k}_sd"] for k in METRICS]
-            label = arm_label(r["aug"])
+            label = arm_label(r["aug"], batch_aug)
             ax.bar(x + (j - (len(table) - 1) / 2) * w, mean, w, yerr=sd, capsize=3, label=label)
         ax.set_xticks(x, list(METRICS.values()), rotation=15)
         ax.set(ylim=(0, 1), title="training images" if split == "train" else "validation")

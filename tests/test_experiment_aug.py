@@ -137,3 +137,14 @@ def test_subsample_per_class():
     assert len(keep) <= 4 * 10 and (np.diff(keep) > 0).all()
     assert (subsample_per_class(y, 10, seed=1) == keep).all()
     assert not (subsample_per_class(y, 10, seed=2) == keep).all()
+
+
+def test_arm_labels_follow_the_runs_batch_augmentation():
+    """A synthesizer arm reads 'classic + gan' with --batch-aug classic and 'gan' alone
+    with --batch-aug none (the label had its own 'classic' default)."""
+    from hpatk.core.experiment_aug import arm_label
+
+    assert arm_label("gan", "classic") == "classic + gan"
+    assert arm_label("gan", "none") == "gan"
+    assert arm_label("none", "classic") == "none (no augmentation)"
+    assert arm_label("classic", "none") == "classic"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,13 +89,13 @@ class Synthesizer:
 
     def fit(self, images: np.ndarray, labels: np.ndarray, *, classes: list[int],
             out_dir: Any = None, seed: int = 0, progress: bool = True,
-            resume: bool = False) -> dict[str, Any]:
+            resume: bool = False, stains: Sequence[str] = ()) -> dict[str, Any]:
         """Learn the images (uint8 (N, C, S, S), already at :attr:`image_size` when that
         is set) with labels (uint8 (N, K), columns = ``classes``). Files (logs, pictures,
         resumable state) go to ``out_dir`` when given; with ``resume``, continue from the
         state left there. Fixes unset params (``image_size``, ``channels``) from the
-        images. A ``fit`` that also accepts ``stains=[...]`` gets the stain names (for
-        its pictures). Returns a summary (plain data)."""
+        images. ``stains``: the images' channel names (for pictures). Returns a summary
+        (plain data)."""
         raise NotImplementedError
 
     def sample(self, n: int, labels: np.ndarray | None = None, *,

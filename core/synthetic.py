@@ -289,16 +289,11 @@ def fit_synthesizer(synth: Synthesizer, images: np.ndarray, labels: np.ndarray, 
                     classes: Sequence[int], out_dir: Path | None, seed: int,
                     stains: Sequence[str], progress: bool = True,
                     resume: bool = False) -> dict[str, Any]:
-    """``synth.fit(...)``, passing ``stains=`` when its ``fit`` takes it; a plugin's
-    failure becomes one line naming the synthesizer."""
-    import inspect
-
-    kw: dict[str, Any] = {}
-    if "stains" in inspect.signature(synth.fit).parameters:
-        kw["stains"] = list(stains)
+    """``synth.fit(...)``; a plugin's failure becomes one line naming the synthesizer."""
     try:
         summary = synth.fit(images, labels, classes=list(classes), out_dir=out_dir,
-                            seed=int(seed), progress=progress, resume=resume, **kw)
+                            seed=int(seed), progress=progress, resume=resume,
+                            stains=list(stains))
     except (HpatkError, KeyboardInterrupt):
         raise
     except Exception as exc:

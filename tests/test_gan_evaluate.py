@@ -22,7 +22,7 @@ class Copier(Synthesizer):
     per_class = True
 
     def fit(self, images, labels, *, classes, out_dir=None, seed=0, progress=True,
-            resume=False):
+            resume=False, stains=()):
         self.params.update(image_size=int(images.shape[-1]), channels=int(images.shape[1]))
         self.bank = np.asarray(images).copy()
         return {"images": len(images)}

@@ -111,7 +111,7 @@ def test_hook_hpatk_register_synthesizers(throwaway_plugin):
         name = "constant_test"
 
         def fit(self, images, labels, *, classes, out_dir=None, seed=0, progress=True,
-                resume=False):
+                resume=False, stains=()):
             self.params["image_size"] = int(images.shape[-1])
             self.value = int(np.asarray(images).mean())
             return {}

@@ -56,7 +56,7 @@ class Recorder(Synthesizer):
     seen: list[np.ndarray] = []
 
     def fit(self, images, labels, *, classes, out_dir=None, seed=0, progress=True,
-            resume=False):
+            resume=False, stains=()):
         Recorder.seen.append(np.asarray(images).copy())
         self.params.update(image_size=int(images.shape[-1]), channels=int(images.shape[1]))
         self.mean = torch.from_numpy(np.asarray(images, np.float32).mean(0))

@@ -20,7 +20,7 @@ def _mean_noise(**params):
             self.mean = None
 
         def fit(self, images, labels, *, classes, out_dir=None, seed=0, progress=True,
-                resume=False):
+                resume=False, stains=()):
             images = np.asarray(images)
             self.params.update(image_size=int(images.shape[-1]), channels=int(images.shape[1]))
             self.mean = torch.from_numpy(images.astype(np.float32).mean(0))

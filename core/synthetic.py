@@ -164,11 +164,11 @@ def synthesize_fold(plan: Any, fold: int, run_dir: Path, choice: AugChoice, *,
     train_rows, _ = plan.split(fold)
     fold_ids = {plan.ids[r] for r in train_rows}
     classes = [int(c) for c in plan.classes]
-    safe, refused = _safe_batches(plan.path, classes, fold_ids)
-    for batch, why in refused if write else ():
-        _say(f"fold {fold}: not using synthetic/{batch['batch']} ({batch['n']} images of class "
-             f"{batch['class_index']}, generator {batch['generator']}): {why}")
-    if source == "cache":
+    if source == "cache":  # (fitting uses only its own generators' batches, checked below)
+        safe, refused = _safe_batches(plan.path, classes, fold_ids)
+        for batch, why in refused if write else ():
+            _say(f"fold {fold}: not using synthetic/{batch['batch']} ({batch['n']} images of "
+                 f"class {batch['class_index']}, generator {batch['generator']}): {why}")
         records = []
         rows = _cache_rows(plan.path, safe, classes, per_class_n)
         if len(rows) == 0:

@@ -110,20 +110,14 @@ def oof_metrics(oof: OutOfFold) -> dict[str, Any]:
         (K,), "per_class_tuned": (K,), "support": (K,) int}``; the dicts are
         :func:`hpatk.core.metrics.predicted_metrics`.
     """
-    from hpatk.core.metrics import (
-        apply_thresholds,
-        per_class_f1,
-        predicted_metrics,
-        tune_thresholds,
-    )
+    from hpatk.core.evaluate import evaluation_of
+    from hpatk.core.metrics import tune_thresholds
 
-    y = oof.targets
-    thr = np.asarray(tune_thresholds(y, oof.probs), dtype=np.float64)
-    half = (oof.probs >= 0.5).astype(np.uint8)
-    pred = np.asarray(apply_thresholds(oof.probs, thr, at_least_one=True), np.uint8)
-    return {"thresholds": thr, "at_half": predicted_metrics(y, half),
-            "tuned": predicted_metrics(y, pred), "per_class": per_class_f1(y, half),
-            "per_class_tuned": per_class_f1(y, pred), "support": y.sum(0).astype(int)}
+    thr = np.asarray(tune_thresholds(oof.targets, oof.probs), dtype=np.float64)
+    ev = evaluation_of("out-of-fold", oof.probs, oof.targets, oof.classes, thr)
+    return {"thresholds": thr, "at_half": ev.at_half, "tuned": ev.tuned,
+            "per_class": ev.per_class, "per_class_tuned": ev.per_class_tuned,
+            "support": ev.support}
 
 
 def write_oof(out: Path, plan: Any, results: list[Any], cfg: Any) -> dict[str, Any]:

@@ -30,8 +30,8 @@ class TrainConfig:
     are taken from the cache; the resolved values are what ``config.yaml`` records.
     """
 
-    data: str = ""
-    out: str = ""
+    data: str = field(default="", metadata={"kind": "path"})
+    out: str = field(default="", metadata={"kind": "path"})
     backbone: str = "inceptionv4"
     backbone_params: dict[str, Any] = field(default_factory=dict)
     head: str = "default"
@@ -44,16 +44,16 @@ class TrainConfig:
     loss: str = "focal"
     loss_params: dict[str, Any] = field(default_factory=lambda: {"gamma": 2.0})
     folds: int = 5
-    fold: int | str = 0
-    folds_file: str | None = None
+    fold: int | str = field(default=0, metadata={"kind": "fold"})
+    folds_file: str | None = field(default=None, metadata={"kind": "path"})
     epochs: int = 35
     size: int | None = None
-    classes: str = "all"
+    classes: str = field(default="all", metadata={"kind": "classes"})
     real_per_class: int | None = None
-    in_stains: list[str] | None = None
+    in_stains: list[str] | None = field(default=None, metadata={"kind": "stains"})
     enhance: str | None = None
     enhance_params: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"kind": "path"})
     lr: float = 5e-4
     lr_decay: float = 0.01
     weight_decay: float = 0.0
@@ -148,8 +148,8 @@ class TrainConfig:
         def bad(name: str, why: str) -> HpatkError:
             return HpatkError(f"{self.where(name)} {why}")
 
-        for f in dataclasses.fields(self):  # a new setting needs its entry in _FIELD_TYPES
-            kind, optional = _FIELD_TYPES[f.name]
+        for f in dataclasses.fields(self):
+            kind, optional = _field_kind(f)
             value = getattr(self, f.name)
             if value is None and optional:
                 continue
@@ -199,23 +199,15 @@ class TrainConfig:
             raise HpatkError(self.where("classes") + msg) from None
 
 
-# setting -> (type, None allowed); "params" is a mapping of parameter names to values
-_FIELD_TYPES: dict[str, tuple[str, bool]] = {
-    "data": ("path", False), "out": ("path", False), "backbone": ("str", False),
-    "backbone_params": ("params", False), "head": ("str", False),
-    "pretrained": ("str", True), "aug": ("str", False), "aug_params": ("params", False),
-    "batch_aug": ("str", False), "synthetic_per_class": ("int", False),
-    "synthetic_source": ("str", False), "real_per_class": ("int", True),
-    "loss": ("str", False), "loss_params": ("params", False), "folds": ("int", False),
-    "fold": ("fold", False), "folds_file": ("path", True), "epochs": ("int", False),
-    "size": ("int", True), "classes": ("classes", False), "in_stains": ("stains", True),
-    "enhance": ("str", True), "enhance_params": ("params", False),
-    "cache_dir": ("path", True), "lr": ("float", False), "lr_decay": ("float", False),
-    "weight_decay": ("float", False), "batch_size": ("int", False),
-    "batch_double_every": ("int", False), "max_batch_size": ("int", False),
-    "workers": ("int", True), "device": ("str", False), "amp": ("bool", False),
-    "channels_last": ("bool", False), "sync_bn": ("bool", False), "seed": ("int", False),
-}
+def _field_kind(f: dataclasses.Field[Any]) -> tuple[str, bool]:
+    """(what ``_check_type`` checks, None allowed) of a setting, read from its annotation
+    (``int``, ``str | None``, ``dict[...]`` = params) or its ``metadata["kind"]`` (path,
+    fold, classes, stains: a meaning the type does not carry)."""
+    base, none, _ = str(f.type).partition(" | None")
+    kind = f.metadata.get("kind") or ("params" if base.startswith("dict[") else base)
+    return kind, bool(none)
+
+
 _ORIGIN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "hpatk_train_config_origin", default=None)
 

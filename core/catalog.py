@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from hpatk.core.errors import RegistryError
 
 KINDS = ("enhancers", "augmentations", "backbones", "losses", "synthesizers")
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean 'a', 'b'?`` for up to three close matches of ``name``, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 SINGULAR = {"enhancers": "enhancer", "augmentations": "augmentation",
             "backbones": "backbone", "losses": "loss", "synthesizers": "synthesizer"}
 
@@ -98,9 +104,7 @@ class Catalog:
             pattern = self.owner(name.split(":", 1)[0] + ":*")
             if pattern is not None:
                 return pattern
-        known = sorted([*self._entries, *self._aliases])
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, sorted([*self._entries, *self._aliases]))
         broken = "".join(f"; plugin '{p}' is broken ({e}) and may provide it"
                          for p, e in sorted(self.broken.items()))
         raise RegistryError(

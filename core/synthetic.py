@@ -66,8 +66,7 @@ def resolve_aug(aug: str, aug_params: dict[str, Any] | None, batch_aug: str) -> 
     Raises:
         RegistryError: an unknown name (naming both kinds' names and close matches).
     """
-    import difflib
-
+    from hpatk.core.catalog import did_you_mean
     from hpatk.core.registry import get_registry
 
     reg = get_registry()
@@ -76,15 +75,13 @@ def resolve_aug(aug: str, aug_params: dict[str, Any] | None, batch_aug: str) -> 
         return AugChoice()
     if aug in reg.synthesizers:
         batch = None if batch_aug == "none" else batch_aug
-        if batch is not None and batch not in reg.augmentations:
+        if batch is not None:
             reg.augmentations.get(batch)  # the catalogue's one-line "unknown" error
         return AugChoice(batch=batch, synth=reg.synthesizers.canonical(aug),
                          synth_params=params)
     if aug in reg.augmentations:
         return AugChoice(batch=aug, batch_params=params)
-    known = ["none", *reg.augmentations.names(), *reg.synthesizers.names()]
-    close = difflib.get_close_matches(aug, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(aug, ["none", *reg.augmentations.names(), *reg.synthesizers.names()])
     raise RegistryError(f"--aug: unknown augmentation or synthesizer '{aug}'{hint} "
                         f"(augmentations: {', '.join(reg.augmentations.names())}; "
                         f"synthesizers: {', '.join(reg.synthesizers.names())}; or none)")
